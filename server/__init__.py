@@ -1,0 +1,1 @@
+"""Thrifty's gateway: an OpenAI-compatible HTTP front over vLLM backends."""

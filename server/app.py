@@ -1,0 +1,124 @@
+"""``build_app(config) -> FastAPI``: the gateway application. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from thrifty.budgeter import build_budgeter
+from thrifty.router import build_router
+from thrifty.server.backends import client
+from thrifty.server.backends.pool import BackendPool
+from thrifty.server.chat import api_router as chat_routes
+from thrifty.server.chat.serving import chat_serving
+from thrifty.server.completions import api_router as completion_routes
+from thrifty.server.completions.serving import completion_serving
+from thrifty.server.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, GatewayConfig, default_config, load_config
+from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
+from thrifty.server.metrics import GatewayMetrics
+from thrifty.server.models import api_router as model_routes
+from thrifty.server.ops import api_router as ops_routes
+from thrifty.server.pipeline import AUTO_MODEL, Pipeline, error_response
+from thrifty.server.state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+
+def _models_body(pool: BackendPool) -> bytes:
+    created = int(time.time())
+    data = [{"id": m, "object": "model", "created": created, "owned_by": "thrifty"} for m in pool.models]
+    data.append({"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "thrifty"})
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def build_app(config: GatewayConfig) -> FastAPI:
+    """The gateway for ``config``. Router and budgeter options are checked here, before serving."""
+    try:
+        router = build_router(config.router_name, config.router[config.router_name])
+        budgeter = build_budgeter(config.budgeter_name, config.budgeter[config.budgeter_name])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    known = {b.model for b in config.backends}
+    pinned = getattr(router, "model", None)
+    if isinstance(pinned, str) and pinned not in known:
+        raise ConfigError(f"router 'pinned' names model '{pinned}', which no backend serves")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = GatewayMetrics()
+        pool = BackendPool(config, metrics)
+        session = client.open_session(config)
+        pipeline = Pipeline(config, pool, router, budgeter, session, metrics)
+        limit = config.limits.max_body_bytes
+        app.state.gateway = GatewayState(
+            pool=pool,
+            metrics=metrics,
+            chat=chat_serving(pipeline, limit),
+            completions=completion_serving(pipeline, limit),
+            models_body=_models_body(pool),
+        )
+        await pool.check_health(session)
+        checker = asyncio.create_task(pool.run_health_checks(session), name="thrifty-health")
+        try:
+            yield
+        finally:
+            checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checker
+            await session.close()
+
+    app = FastAPI(title="Thrifty", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    for module in (chat_routes, completion_routes, model_routes, ops_routes):
+        module.attach_router(app)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(RouteNotFound(f"no route {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        error = GatewayError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(error)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        return error_response(InvalidRequest("the request is not valid"))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug in the gateway: log the traceback, never show it to the client.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError("the gateway failed unexpectedly; see its logs"))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory used by ``thrifty serve`` (also with several workers): config from the environment."""
+    path = os.environ.get(ENV_CONFIG)
+    if path:
+        return build_app(load_config(Path(path)))
+    return build_app(default_config(Path(os.environ.get(ENV_DATA_DIR, "data"))))

@@ -1,0 +1,21 @@
+"""Wire models for ``POST /v1/chat/completions`` (the fields the gateway acts on)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from thrifty.server.protocol import CompletionFields, WireModel
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Any = None
+
+
+class ChatCompletionRequest(CompletionFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    # vLLM's extension: the most tokens the model may spend between <think> and </think>.
+    thinking_token_budget: int | None = Field(None, ge=0)

@@ -1,0 +1,98 @@
+"""The gateway's exceptions and their mapping to OpenAI's error envelope.
+
+    GatewayError                      (500 server_error: a bug, never a client's doing)
+    ├── InvalidRequest                (400 invalid_request_error, names the field in ``param``)
+    │   └── BodyTooLarge              (413)
+    ├── ModelNotFound                 (404)
+    ├── RouteNotFound                 (404, unknown path)
+    ├── MethodNotAllowed              (405)
+    └── BackendError                  (502 bad gateway: the backend answered wrongly or died)
+        ├── BackendUnavailable        (503: no healthy backend, refused connection, open breaker)
+        └── BackendTimeout            (504: connect, first-token or total timeout)
+
+Backend (aiohttp) errors are converted to these in exactly one place, ``backends.client``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    """Base class: carries what the OpenAI error body needs."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class BodyTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class ModelNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class BackendError(GatewayError):
+    """``retryable``: nothing reached the client and another backend may well succeed."""
+
+    status_code = 502
+    error_type = "backend_error"
+    default_code = "bad_gateway"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retryable = retryable
+
+
+class BackendUnavailable(BackendError):
+    status_code = 503
+    default_code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status_code = 504
+    default_code = "backend_timeout"
+
+
+def sse_error_event(error: GatewayError) -> bytes:
+    """A failure after the stream began: one SSE event the openai SDK raises as an APIError."""
+    return b"data: " + error.json() + b"\n\n"

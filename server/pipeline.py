@@ -1,0 +1,377 @@
+"""The request path shared by the completion endpoints.
+
+    client ─► [validate] ─► [Router] ─► [Budgeter] ─► [Forward + retry] ─► backend
+                              model       thinking      pick backend,
+                                          budget        breaker, timeouts
+          ◄── response / SSE stream (usage counted, errors as SSE events) ◄──
+
+``Pipeline.run`` takes a validated request and returns a Starlette response. Metrics for a request are
+recorded exactly once, in ``_Outcome.finish``, when the last byte has been sent (or the request failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from thrifty.budgeter import Budgeter, BudgetRequest
+from thrifty.router import NoRoute, Router, RoutingDecision, RoutingRequest
+from thrifty.server.backends import client
+from thrifty.server.backends.pool import Backend, BackendPool
+from thrifty.server.config import GatewayConfig
+from thrifty.server.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    ModelNotFound,
+    sse_error_event,
+)
+from thrifty.server.metrics import NO_BACKEND, NO_MODEL, GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+Endpoint = Literal["chat", "completions"]
+AUTO_MODEL = "auto"
+_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_RETRY_STATUSES = frozenset({502, 503})
+_SSE_SEPARATOR = b"\n\n"
+_DONE = b"data: [DONE]"
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(error.json(), status_code=error.status_code, headers=headers, media_type="application/json")
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """Bookkeeping for one request; ``finish`` records its metrics once."""
+
+    metrics: GatewayMetrics
+    started: float
+    model: str = NO_MODEL
+    backend: str = NO_BACKEND
+    overhead: float = 0.0
+    first_token_at: float | None = None
+    finished: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def count_usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        tokens = self.metrics.tokens
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            tokens.labels(self.model, "prompt").inc(prompt)
+        if isinstance(completion, int):
+            tokens.labels(self.model, "completion").inc(completion)
+        details = usage.get("completion_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+            tokens.labels(self.model, "reasoning").inc(details["reasoning_tokens"])
+
+    def finish(self, status: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        m = self.metrics
+        m.in_flight.dec()
+        m.requests.labels(self.model, self.backend, str(status)).inc()
+        m.request_duration.labels(self.model, self.backend).observe(time.perf_counter() - self.started)
+        m.overhead.observe(self.overhead)
+        if self.first_token_at is not None:
+            m.time_to_first_token.labels(self.model, self.backend).observe(self.first_token_at - self.started)
+
+
+class Pipeline:
+    """Route, budget and forward completion requests."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pool: BackendPool,
+        router: Router,
+        budgeter: Budgeter,
+        session: aiohttp.ClientSession,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.router = router
+        self.budgeter = budgeter
+        self.session = session
+        self.metrics = metrics
+        self._timeouts = config.timeouts
+        self._backend_config = {b.name: b for b in config.backends}
+
+    def begin(self, started: float) -> _Outcome:
+        """Count the request as in flight; the returned outcome must be finished exactly once."""
+        self.metrics.in_flight.inc()
+        return _Outcome(self.metrics, started)
+
+    async def run(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        outcome: _Outcome,
+    ) -> Response:
+        """Serve one validated request. Raises GatewayError before anything is sent to the client."""
+        decision = await self._route(endpoint, body, headers)
+        outcome.model = decision.model
+        outcome.headers["x-thrifty-model"] = decision.model
+        if decision.policy:
+            outcome.headers["x-thrifty-routing-policy"] = decision.policy
+        body = dict(body)
+        body["model"] = decision.model
+        if endpoint == "chat":
+            await self._apply_budget(decision.model, body, outcome)
+        stream = bool(body.get("stream"))
+        strip_usage = False
+        if stream:
+            options = body.get("stream_options") or {}
+            if not options.get("include_usage"):
+                # Ask for usage anyway so token metrics cover every stream; the client never sees it.
+                body["stream_options"] = {**options, "include_usage": True}
+                strip_usage = True
+        payload = orjson.dumps(body)
+        if stream:
+            return await self._stream(endpoint, decision.model, payload, outcome, strip_usage)
+        return await self._complete(endpoint, decision.model, payload, outcome)
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    async def _route(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str]) -> RoutingDecision:
+        requested = body["model"]
+        if requested != AUTO_MODEL:
+            if requested not in self.pool.by_model:
+                raise ModelNotFound(f"the model '{requested}' does not exist", param="model")
+            return RoutingDecision(requested, "")
+        try:
+            decision = await self.router.route(
+                RoutingRequest(endpoint, requested, body, headers), self.pool.candidates()
+            )
+        except NoRoute as exc:
+            raise BackendUnavailable(f"no backend can serve this request: {exc}") from None
+        self.metrics.routing_decisions.labels(self.router.name, decision.model).inc()
+        return decision
+
+    async def _apply_budget(self, model: str, body: dict[str, Any], outcome: _Outcome) -> None:
+        backend = self.pool.by_model[model][0].config
+        if not backend.reasoning:
+            return  # the budget stage is a no-op for models that do not think
+        if body.get("thinking_token_budget") is not None:
+            budget: int | None = body["thinking_token_budget"]  # the client's own choice wins
+            policy = "client"
+        else:
+            budget = await self.budgeter.assign(BudgetRequest(model, body))
+            policy = self.budgeter.name
+        if budget is None:
+            return
+        body["thinking_token_budget"] = budget
+        # The answer allowance is what the client asked for, else the configured default.
+        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        allowance = body.get(key) or self.config.limits.answer_tokens
+        body[key] = budget + allowance
+        outcome.headers["x-thrifty-thinking-budget"] = str(budget)
+        self.metrics.thinking_budget.labels(policy, model).observe(budget)
+
+    async def _open(
+        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome
+    ) -> tuple[Backend, aiohttp.ClientResponse]:
+        """Send to a backend of ``model``, retrying elsewhere on failures before the first byte."""
+        tried: list[Backend] = []
+        last_error: BackendError | None = None
+        path = _PATHS[endpoint]
+        for _ in range(1 + self.config.limits.retries):
+            backend = self.pool.pick(model, exclude=tried)
+            if backend is None and last_error is not None and last_error.retryable and tried:
+                # A lone backend whose kept-alive connection went stale deserves one more try.
+                backend = tried[-1] if tried[-1].available and tried.count(tried[-1]) == 1 else None
+            if backend is None:
+                break
+            tried.append(backend)
+            backend.breaker.on_attempt()
+            outcome.backend = backend.name
+            try:
+                response = await client.post(self.session, backend, path, payload)
+            except BackendError as exc:
+                self._failed(backend, exc)
+                last_error = exc
+                if exc.retryable:
+                    continue
+                raise
+            if response.status in _RETRY_STATUSES:
+                text = await _read_error_text(response)
+                self._failed(backend, None)
+                last_error = BackendUnavailable(
+                    f"backend '{backend.name}' answered {response.status}: {text}", retryable=True
+                )
+                continue
+            return backend, response
+        if last_error is not None:
+            raise last_error
+        raise BackendUnavailable(f"no healthy backend serves the model '{model}'")
+
+    def _failed(self, backend: Backend, error: BackendError | None) -> None:
+        self.pool.record_failure(backend)
+        self.metrics.retries.labels(backend.name).inc()
+        logger.warning("backend %s failed: %s", backend.name, error.message if error else "retryable status")
+
+    async def _complete(self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome) -> Response:
+        deadline = asyncio.get_running_loop().time() + self._timeouts.total
+        dispatched = time.perf_counter()
+        outcome.overhead = dispatched - outcome.started
+        try:
+            async with asyncio.timeout_at(deadline):
+                backend, response = await self._open(endpoint, model, payload, outcome)
+                try:
+                    data = await response.read()
+                except client.TRANSPORT_ERRORS as exc:
+                    self.pool.record_failure(backend)
+                    raise client.convert(exc, backend, started=True) from exc
+                finally:
+                    response.release()
+        except TimeoutError:
+            raise BackendTimeout(f"the backend did not answer within {self._timeouts.total:g} s") from None
+        received = time.perf_counter()
+        status = response.status
+        if status >= 500:
+            self.pool.record_failure(backend)
+            raise BackendError(f"backend '{backend.name}' failed with status {status}: {_snippet(data)}")
+        self.pool.record_success(backend)
+        if status == 200:
+            try:
+                outcome.count_usage(orjson.loads(data).get("usage"))
+            except (orjson.JSONDecodeError, AttributeError):
+                raise BackendError(f"backend '{backend.name}' sent a response that is not a JSON object") from None
+        headers = outcome.headers
+        headers["x-thrifty-backend"] = backend.name
+        outcome.overhead += time.perf_counter() - received
+        headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
+        # Backend 4xx answers (a prompt too long for the model, say) reach the client as they are.
+        return Response(data, status_code=status, headers=headers, media_type="application/json")
+
+    async def _stream(
+        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome, strip_usage: bool
+    ) -> Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeouts.total
+        first_deadline = min(deadline, loop.time() + self._timeouts.first_token)
+        outcome.overhead = time.perf_counter() - outcome.started
+        # Up to the first event nothing has reached the client, so failures may still be retried.
+        for attempt in range(1 + self.config.limits.retries):
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    backend, response = await self._open(endpoint, model, payload, outcome)
+                    if response.status != 200:
+                        data = await response.read()
+                        response.release()
+                        if response.status >= 500:
+                            self.pool.record_failure(backend)
+                            raise BackendError(
+                                f"backend '{backend.name}' failed with status {response.status}: {_snippet(data)}"
+                            )
+                        outcome.headers["x-thrifty-backend"] = backend.name
+                        return Response(
+                            data, status_code=response.status, headers=outcome.headers, media_type="application/json"
+                        )
+                    try:
+                        first = await response.content.readuntil(_SSE_SEPARATOR)
+                    except client.TRANSPORT_ERRORS as exc:
+                        response.release()
+                        self.pool.record_failure(backend)
+                        error = client.convert(exc, backend, started=False)
+                        if attempt < self.config.limits.retries and error.retryable:
+                            continue
+                        raise error from exc
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"the backend sent no first token within {self._timeouts.first_token:g} s"
+                ) from None
+            break
+        self.pool.record_success(backend)
+        outcome.first_token_at = time.perf_counter()
+        headers = outcome.headers
+        headers["x-thrifty-backend"] = backend.name
+        headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(
+            self._relay(backend, response, first, outcome, strip_usage, deadline),
+            headers=headers,
+            media_type="text/event-stream",
+        )
+
+    async def _relay(
+        self,
+        backend: Backend,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        outcome: _Outcome,
+        strip_usage: bool,
+        deadline: float,
+    ) -> AsyncIterator[bytes]:
+        status = 200
+        event = first
+        try:
+            while event:
+                if b'"usage"' in event and not event.startswith(_DONE):
+                    forward = self._usage_event(event, outcome, strip_usage)
+                    if forward:
+                        yield event
+                else:
+                    yield event
+                if event.startswith(_DONE):
+                    break
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await response.content.readuntil(_SSE_SEPARATOR)
+                except client.TRANSPORT_ERRORS as exc:
+                    error = client.convert(exc, backend, started=True)
+                    if isinstance(exc, TimeoutError):
+                        error = BackendTimeout(f"the stream did not finish within {self._timeouts.total:g} s")
+                    else:
+                        self.pool.record_failure(backend)
+                    status = error.status_code
+                    logger.warning("stream from backend %s failed: %s", backend.name, error.message)
+                    yield sse_error_event(error)
+                    return
+            else:
+                # The backend ended the body cleanly but without [DONE]: tell the client it was cut.
+                status = 502
+                yield sse_error_event(BackendError(f"backend '{backend.name}' ended the stream early"))
+        finally:
+            response.release()
+            outcome.finish(status)
+
+    def _usage_event(self, event: bytes, outcome: _Outcome, strip_usage: bool) -> bool:
+        """Count a usage event's tokens; False when the event should not reach the client."""
+        try:
+            data = orjson.loads(event.partition(b"data:")[2])
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(data, dict):
+            return True
+        outcome.count_usage(data.get("usage"))
+        return not (strip_usage and not data.get("choices"))
+
+
+async def _read_error_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        return _snippet(await response.read())
+    except client.TRANSPORT_ERRORS:
+        return "(no body)"
+    finally:
+        response.release()
+
+
+def _snippet(data: bytes, limit: int = 300) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,64 @@
+"""The HTTP side of the completion endpoints: read the body, validate, run the pipeline, map errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest
+from thrifty.server.pipeline import Endpoint, Pipeline, error_response
+from thrifty.server.protocol import CompletionFields, parse_body, validate
+
+logger = logging.getLogger(__name__)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("the Content-Length header is not a number", code="invalid_header")
+        if int(declared) > limit:
+            raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class CompletionServing:
+    """Serves one completion endpoint; ``wire_model`` says which fields it validates."""
+
+    def __init__(
+        self, pipeline: Pipeline, endpoint: Endpoint, wire_model: type[CompletionFields], max_body_bytes: int
+    ) -> None:
+        self.pipeline = pipeline
+        self.endpoint = endpoint
+        self.wire_model = wire_model
+        self.max_body_bytes = max_body_bytes
+
+    async def create(self, request: Request) -> Response:
+        outcome = self.pipeline.begin(time.perf_counter())
+        try:
+            raw = parse_body(await read_body(request, self.max_body_bytes))
+            validate(self.wire_model, raw)
+            response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome)
+        except GatewayError as exc:
+            outcome.finish(exc.status_code)
+            return error_response(exc, outcome.headers or None)
+        except ClientDisconnect:
+            outcome.finish(499)
+            raise
+        except BaseException:
+            outcome.finish(500)
+            raise
+        if response.media_type != "text/event-stream":
+            outcome.finish(response.status_code)
+        return response

@@ -1,0 +1,201 @@
+"""A fast stand-in for a vLLM backend: a bare ASGI app that answers with a fixed completion.
+
+It exists for two things: measuring the gateway's own overhead (the stand-in costs as little as an
+HTTP server can) and unit-testing the gateway's forwarding and fault handling without a model. It is
+never used to claim anything about a real model.
+
+Behaviour is set per instance through :class:`StandinState`, which tests mutate while it runs:
+``fail_status`` answers every completion with that status, ``die_after_chunks`` closes the
+connection in the middle of a stream, ``delay_s`` sleeps before answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from thrifty.server.types import ASGIReceive, ASGIScope, ASGISend
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+@dataclass(slots=True)
+class StandinState:
+    """Mutable behaviour and a record of what the stand-in received."""
+
+    model: str = "standin"
+    fail_status: int | None = None
+    die_after_chunks: int | None = None
+    delay_s: float = 0.0
+    stream_chunks: int = 4
+    record: bool = False
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Disconnect(Exception):
+    """Raised to drop the connection without a proper end of stream."""
+
+
+def _usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+class Standin:
+    """The ASGI application; ``Standin(StandinState(model="m"))`` is ready for uvicorn."""
+
+    def __init__(self, state: StandinState | None = None) -> None:
+        self.state = state or StandinState()
+        self._chat_body = orjson.dumps(
+            {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion",
+                "created": 0,
+                "model": self.state.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello from the stand-in."},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(12, 6, 0),
+            }
+        )
+        self._completion_body = orjson.dumps(
+            {
+                "id": "cmpl-standin",
+                "object": "text_completion",
+                "created": 0,
+                "model": self.state.model,
+                "choices": [{"index": 0, "text": " stand-in text", "finish_reason": "stop"}],
+                "usage": _usage(5, 3, 0),
+            }
+        )
+        self._models_body = orjson.dumps(
+            {"object": "list", "data": [{"id": self.state.model, "object": "model", "owned_by": "standin"}]}
+        )
+
+    async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/health":
+            await _respond(send, 200, b"", _JSON_HEADERS)
+            return
+        if path == "/v1/models":
+            await _respond(send, 200, self._models_body, _JSON_HEADERS)
+            return
+        body = await _read_body(receive)
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            await _respond(send, 404, b'{"error":{"message":"not found"}}', _JSON_HEADERS)
+            return
+        state = self.state
+        request = orjson.loads(body) if body else {}
+        if state.record:
+            state.received.append(request)
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
+        if state.fail_status is not None:
+            error = {"error": {"message": "stand-in failure", "type": "server_error", "code": None}}
+            await _respond(send, state.fail_status, orjson.dumps(error), _JSON_HEADERS)
+            return
+        chat = path == "/v1/chat/completions"
+        if not request.get("stream"):
+            await _respond(send, 200, self._chat_body if chat else self._completion_body, _JSON_HEADERS)
+            return
+        try:
+            await self._stream(send, chat, request)
+        except _Disconnect:
+            # Returning without more_body=False makes uvicorn close the socket mid-response.
+            return
+
+    async def _stream(self, send: ASGISend, chat: bool, request: dict[str, Any]) -> None:
+        state = self.state
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        created = int(time.time())
+        for i in range(state.stream_chunks):
+            if state.die_after_chunks is not None and i >= state.die_after_chunks:
+                raise _Disconnect
+            chunk = _chat_chunk(state.model, created, i) if chat else _text_chunk(state.model, created, i)
+            await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
+        options = request.get("stream_options") or {}
+        if options.get("include_usage"):
+            usage = {
+                "id": "chatcmpl-standin" if chat else "cmpl-standin",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": state.model,
+                "choices": [],
+                "usage": _usage(12, state.stream_chunks, 1 if chat else 0),
+            }
+            await send(
+                {"type": "http.response.body", "body": b"data: " + orjson.dumps(usage) + b"\n\n", "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _chat_chunk(model: str, created: int, i: int) -> bytes:
+    # The first chunk carries reasoning, as a reasoning parser's output does.
+    delta: dict[str, Any] = {"reasoning_content": "think"} if i == 0 else {"content": f"tok{i} "}
+    if i == 0:
+        delta["role"] = "assistant"
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-standin",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+    )
+
+
+def _text_chunk(model: str, created: int, i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "cmpl-standin",
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": None}],
+        }
+    )
+
+
+async def _read_body(receive: ASGIReceive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: ASGISend, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app() -> Standin:
+    """uvicorn factory: ``uvicorn --factory thrifty.server.standin:create_app``."""
+    import os
+
+    return Standin(StandinState(model=os.environ.get("THRIFTY_STANDIN_MODEL", "standin")))

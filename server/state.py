@@ -1,0 +1,25 @@
+"""What the app's lifespan builds and the handlers reach: one object, typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from thrifty.server.backends.pool import BackendPool
+from thrifty.server.metrics import GatewayMetrics
+from thrifty.server.serving import CompletionServing
+
+
+@dataclass(slots=True)
+class GatewayState:
+    pool: BackendPool
+    metrics: GatewayMetrics
+    chat: CompletionServing
+    completions: CompletionServing
+    models_body: bytes
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
