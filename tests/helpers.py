@@ -1,0 +1,90 @@
+"""Test helpers: free ports, stand-in backends on real sockets, the gateway in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from thrifty.server.app import build_app
+from thrifty.server.config import GatewayConfig, parse_config
+from thrifty.server.standin import Standin, StandinState
+from thrifty.server.state import GatewayState
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RunningStandin:
+    """A stand-in backend served by uvicorn on a real port, in a thread."""
+
+    def __init__(self, state: StandinState) -> None:
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            Standin(state), host="127.0.0.1", port=self.port, log_level="error", access_log=False, lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> RunningStandin:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("stand-in backend did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def standins(*states: StandinState) -> Iterator[list[RunningStandin]]:
+    running = [RunningStandin(s).start() for s in states]
+    try:
+        yield running
+    finally:
+        for r in running:
+            r.stop()
+
+
+def config_for(backends: list[dict[str, Any]], **extra: Any) -> GatewayConfig:
+    return parse_config({"backends": backends, **extra}, environ={})
+
+
+@contextlib.asynccontextmanager
+async def gateway(config: GatewayConfig) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The gateway app with its lifespan running, and an httpx client speaking to it in-process."""
+    app = build_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield http, app
+
+
+def state_of(app: FastAPI) -> GatewayState:
+    state: GatewayState = app.state.gateway
+    return state
+
+
+def sample(app: FastAPI, name: str, **labels: str) -> float:
+    value = state_of(app).metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}

@@ -1,0 +1,110 @@
+"""The YAML config: every mistake reported with its place, environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thrifty.server.app import build_app
+from thrifty.server.config import ConfigError, default_config, load_config, parse_config
+
+GOOD = """
+server: {port: 9000, workers: 2}
+backends:
+  - name: small
+    model: smollm2
+    url: http://127.0.0.1:8100/
+    price: {input: 0.1, output: 0.3}
+  - name: local-vllm
+    model: thinker
+    reasoning: true
+    context_length: 2048
+    launch: {model_path: bundled, port: 8101, reasoning_parser: deepseek_r1, chat_template: thinking}
+router: {pinned: {model: thinker}}
+budgeter: {static: {budget: 128}}
+timeouts: {connect: 1, first_token: 10, total: 60}
+"""
+
+
+def test_a_full_config_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    config = load_config(path, environ={})
+    assert config.server.workers == 2
+    assert config.backends[0].base_url == "http://127.0.0.1:8100"
+    assert config.backends[1].base_url == "http://127.0.0.1:8101"
+    assert config.router == {"pinned": {"model": "thinker"}}
+    assert config.budgeter_name == "static"
+    build_app(config)
+
+
+def test_environment_overrides_urls_and_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    environ = {
+        "THRIFTY_BACKEND_SMALL_URL": "https://models.example:8443",
+        "THRIFTY_BACKEND_SMALL_API_KEY": "sk-secret",
+        "THRIFTY_BACKEND_LOCAL_VLLM_URL": "http://10.0.0.5:8000",
+    }
+    config = load_config(path, environ=environ)
+    assert config.backends[0].base_url == "https://models.example:8443"
+    assert config.backends[0].api_key == "sk-secret"
+    assert config.backends[1].launch is None and config.backends[1].base_url == "http://10.0.0.5:8000"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("backends: [", "not valid YAML"),
+        ("- a\n- b", "top level must be a mapping"),
+        ("server: {}", "backends: Field required"),
+        ("backends: []", "backends: List should have at least 1 item"),
+        ("backends: [{name: a, model: m}]", "backends.0: give exactly one of 'url'"),
+        ("backends: [{name: a, model: m, url: 'x:1'}]", "backends.0.url: must be an http"),
+        ("backends: [{name: 'a b', model: m, url: 'http://h'}]", "backends.0.name: String should match"),
+        ("backends: [{name: a, model: m, url: 'http://h', colour: red}]", "backends.0.colour: Extra inputs"),
+        ("backends: [{name: a, model: m, url: 'http://h'}, {name: a, model: n, url: 'http://h'}]", "repeated: a"),
+        ("backends: [{name: a, model: auto, url: 'http://h'}]", "'auto' is the router's virtual model"),
+        ("backends: [{name: a, model: m, url: 'http://h'}]\nrouter: [1]", "router: give one router"),
+        ("backends: [{name: a, model: m, url: 'http://h'}]\ntimeouts: {total: -1}", "timeouts.total"),
+        ("backends: [{name: a, model: m, launch: {model_path: x}}]", "backends.0.launch.port: Field required"),
+    ],
+)
+def test_mistakes_are_reported_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert expected in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("router", "budgeter", "expected"),
+    [
+        ({"magic": {}}, {"none": {}}, "unknown router 'magic'; choose one of: cheapest, pinned, round_robin"),
+        ({"pinned": {}}, {"none": {}}, "router 'pinned': invalid options"),
+        ({"pinned": {"model": "other"}}, {"none": {}}, "names model 'other', which no backend serves"),
+        ({"cheapest": {}}, {"static": {"budget": -5}}, "integer >= 0"),
+        ({"cheapest": {}}, {"static": {"budgett": 5}}, "budgeter 'static': invalid options"),
+    ],
+)
+def test_policy_options_are_checked_before_serving(router: dict, budgeter: dict, expected: str) -> None:
+    config = parse_config(
+        {"backends": [{"name": "a", "model": "m", "url": "http://h"}], "router": router, "budgeter": budgeter},
+        environ={},
+    )
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        build_app(config)
+
+
+def test_default_config_serves_the_bundled_model(tmp_path: Path) -> None:
+    config = default_config(tmp_path)
+    (backend,) = config.backends
+    assert backend.launch is not None and backend.launch.model_path == "bundled"
+    assert config.router_name == "cheapest" and config.budgeter_name == "none"

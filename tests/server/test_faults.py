@@ -1,0 +1,154 @@
+"""Backend faults: retries before the first byte, breakers, health, timeouts, streams that die."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
+from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
+from thrifty.server.standin import StandinState
+
+BODY = {"model": "m", **CHAT}
+
+
+def _two(a_url: str, b_url: str, **extra: object) -> object:
+    return config_for(
+        [{"name": "a", "model": "m", "url": a_url}, {"name": "b", "model": "m", "url": b_url}], **extra
+    )
+
+
+async def test_503_before_first_byte_is_retried_on_another_backend() -> None:
+    failing = StandinState(model="m", fail_status=503, record=True)
+    healthy = StandinState(model="m", record=True)
+    with standins(failing, healthy) as (a, b):
+        async with gateway(_two(a.url, b.url)) as (http, app):
+            for _ in range(4):
+                response = await http.post("/v1/chat/completions", json=BODY)
+                assert response.status_code == 200
+                assert response.headers["x-thrifty-backend"] == "b"
+            assert len(healthy.received) == 4
+            assert sample(app, "thrifty_backend_retries_total", backend="a") >= 1
+
+
+async def test_refused_connection_is_retried_and_streams_too() -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    with standins(StandinState(model="m")) as (b,):
+        async with gateway(_two(dead_url, b.url)) as (http, app):
+            # The start-up health check already took 'a' out; put it back to exercise the retry path
+            # (a backend that dies between two health checks looks exactly like this).
+            state_of(app).pool.backends[0].healthy = True
+            response = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+            assert response.status_code == 200 and response.headers["x-thrifty-backend"] == "b"
+            assert response.content.endswith(b"data: [DONE]\n\n")
+
+
+async def test_all_backends_failing_gives_503_then_the_breaker_opens() -> None:
+    state = StandinState(model="m", fail_status=503)
+    with standins(state) as (a,):
+        config = config_for(
+            [{"name": "a", "model": "m", "url": a.url}],
+            circuit_breaker={"failure_threshold": 2, "reset_after_s": 0.3},
+        )
+        async with gateway(config) as (http, app):
+            response = await http.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 503
+            assert response.json()["error"]["type"] == "backend_error"
+            backend = state_of(app).pool.backends[0]
+            assert backend.breaker.state is BreakerState.OPEN
+            response = await http.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 503
+            assert "no healthy backend" in response.json()["error"]["message"]
+            assert (await http.get("/ready")).status_code == 503
+            # After the reset time one probe goes through; the backend has recovered, so it closes.
+            state.fail_status = None
+            await asyncio.sleep(0.35)
+            assert (await http.post("/v1/chat/completions", json=BODY)).status_code == 200
+            assert backend.breaker.state is BreakerState.CLOSED
+
+
+async def test_backend_server_error_becomes_502_and_client_errors_pass_through() -> None:
+    state = StandinState(model="m", fail_status=500)
+    with standins(state) as (a,):
+        async with gateway(config_for([{"name": "a", "model": "m", "url": a.url}])) as (http, _):
+            response = await http.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 502 and response.json()["error"]["code"] == "bad_gateway"
+            state.fail_status = 400
+            response = await http.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 400 and response.json()["error"]["message"] == "stand-in failure"
+            assert response.headers["x-thrifty-backend"] == "a"
+
+
+async def test_timeouts() -> None:
+    state = StandinState(model="m", delay_s=1.0)
+    with standins(state) as (a,):
+        config = config_for(
+            [{"name": "a", "model": "m", "url": a.url}], timeouts={"total": 0.3, "first_token": 0.2}
+        )
+        async with gateway(config) as (http, app):
+            response = await http.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 504 and response.json()["error"]["code"] == "backend_timeout"
+            response = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+            assert response.status_code == 504 and "first token" in response.json()["error"]["message"]
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="504") == 2
+
+
+async def test_backend_dying_mid_stream_ends_with_an_sse_error_event() -> None:
+    state = StandinState(model="m", die_after_chunks=2, stream_chunks=6)
+    with standins(state) as (a,):
+        async with gateway(config_for([{"name": "a", "model": "m", "url": a.url}])) as (http, app):
+            response = await asyncio.wait_for(
+                http.post("/v1/chat/completions", json={**BODY, "stream": True}), timeout=10
+            )
+            assert response.status_code == 200
+            events = [e for e in response.content.split(b"\n\n") if e]
+            assert len(events) == 3  # two chunks, then the error
+            error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+            assert error["type"] == "backend_error" and "before finishing" in error["message"]
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="502") == 1
+            assert sample(app, "thrifty_requests_in_flight") == 0
+
+
+async def test_health_checks_take_a_backend_out_and_back() -> None:
+    with standins(StandinState(model="m")) as (a,):
+        port = free_port()
+        config = config_for(
+            [{"name": "a", "model": "m", "url": a.url}, {"name": "gone", "model": "m2", "url": f"http://127.0.0.1:{port}"}],
+            health={"interval_s": 0.05, "timeout_s": 0.5},
+        )
+        async with gateway(config) as (http, app):
+            pool = state_of(app).pool
+            assert [b.healthy for b in pool.backends] == [True, False]
+            assert sample(app, "thrifty_backend_up", backend="gone") == 0
+            assert sample(app, "thrifty_backend_up", backend="a") == 1
+            response = await http.post("/v1/chat/completions", json={"model": "m2", **CHAT})
+            assert response.status_code == 503
+            assert (await http.get("/ready")).json()["backends"] == ["a"]
+            a.stop()
+            for _ in range(100):
+                if not pool.backends[0].healthy:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.get("/ready")).status_code == 503
+            assert (await http.get("/health")).status_code == 200
+
+
+def test_breaker_half_open_allows_a_single_probe() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=3, reset_after_s=10, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.on_failure()
+    assert breaker.allows()
+    breaker.on_failure()
+    assert breaker.state is BreakerState.OPEN and not breaker.allows()
+    now[0] = 10.0
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allows()
+    breaker.on_attempt()
+    assert not breaker.allows()  # one probe at a time
+    breaker.on_failure()
+    assert breaker.state is BreakerState.OPEN
+    now[0] = 20.0
+    breaker.on_attempt()
+    breaker.on_success()
+    assert breaker.state is BreakerState.CLOSED and breaker.allows()
