@@ -161,3 +161,5 @@ def serve(
 
 def main() -> None:
     app()
+if __name__ == "__main__":
+    main()
