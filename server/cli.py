@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from thrifty.server.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -61,13 +60,14 @@ def _examples(host: str, port: int, config: GatewayConfig) -> str:
     model = config.backends[0].model
     base = f"http://{host}:{port}"
     return f"""
-Thrifty is serving on {base} (models: {', '.join(sorted({b.model for b in config.backends}))}, auto)
+Thrifty is serving on {base} (models: {", ".join(sorted({b.model for b in config.backends}))}, auto)
 
   curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Say hello in French."}}], "max_tokens": 32}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='unused'); \\
-print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32).choices[0].message.content)"
+r = c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32); \\
+print(r.choices[0].message.content)"
 
 Metrics: {base}/metrics   Ready: {base}/ready   Stop: Ctrl-C
 """
@@ -95,7 +95,6 @@ def serve(
 ) -> None:
     """Start the gateway (and any vLLM backends the config launches)."""
     import uvicorn
-
     from thrifty.server.backends.launcher import LaunchError, start_all, stop_all
     from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
 
@@ -118,10 +117,10 @@ def serve(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
 
-    if any(b.launch is not None and b.launch.model_path == "bundled" for b in config.backends):
-        if not is_prepared(model_dir(data_dir)):
-            typer.echo("preparing the bundled model…")
-            prepare_bundled_model(data_dir)
+    bundled = any(b.launch is not None and b.launch.model_path == "bundled" for b in config.backends)
+    if bundled and not is_prepared(model_dir(data_dir)):
+        typer.echo("preparing the bundled model…")
+        prepare_bundled_model(data_dir)
 
     env_config = str(config_path.resolve()) if config_path else None
     if env_config:
@@ -161,5 +160,7 @@ def serve(
 
 def main() -> None:
     app()
+
+
 if __name__ == "__main__":
     main()

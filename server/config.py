@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,6 +120,10 @@ class ServerConfig(_Strict):
     graceful_shutdown_s: float = Field(30.0, ge=0)
 
 
+def _policy(name: str) -> dict[str, dict[str, Any]]:
+    return {name: {}}
+
+
 def _single_choice(value: Any, what: str) -> dict[str, dict[str, Any]]:
     if isinstance(value, str):
         return {value: {}}
@@ -138,8 +142,8 @@ class GatewayConfig(_Strict):
 
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(..., min_length=1)
-    router: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"cheapest": {}})
-    budgeter: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"none": {}})
+    router: dict[str, dict[str, Any]] = Field(default_factory=lambda: _policy("cheapest"))
+    budgeter: dict[str, dict[str, Any]] = Field(default_factory=lambda: _policy("none"))
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     health: HealthConfig = HealthConfig()

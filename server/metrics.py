@@ -19,7 +19,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
 from thrifty.server.config import ENV_PROMETHEUS_MULTIPROC_DIR
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -39,51 +38,74 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "thrifty_requests_total", "Requests answered, by model, backend and HTTP status.",
-            ["model", "backend", "status"], registry=r,
+            "thrifty_requests_total",
+            "Requests answered, by model, backend and HTTP status.",
+            ["model", "backend", "status"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            "thrifty_request_duration_seconds", "Time from request arrival to the last byte sent.",
-            ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=r,
+            "thrifty_request_duration_seconds",
+            "Time from request arrival to the last byte sent.",
+            ["model", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.time_to_first_token = Histogram(
-            "thrifty_time_to_first_token_seconds", "Time from request arrival to the first streamed event.",
-            ["model", "backend"], buckets=_LATENCY_BUCKETS, registry=r,
+            "thrifty_time_to_first_token_seconds",
+            "Time from request arrival to the first streamed event.",
+            ["model", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.overhead = Histogram(
             "thrifty_gateway_overhead_seconds",
             "Time the gateway itself spends on a request (everything except waiting on the backend).",
-            buckets=_OVERHEAD_BUCKETS, registry=r,
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter(
-            "thrifty_tokens_total", "Tokens by kind (prompt, completion, reasoning).",
-            ["model", "kind"], registry=r,
+            "thrifty_tokens_total",
+            "Tokens by kind (prompt, completion, reasoning).",
+            ["model", "kind"],
+            registry=r,
         )
         self.in_flight = Gauge(
-            "thrifty_requests_in_flight", "Requests being served now.",
-            multiprocess_mode="livesum", registry=r,
+            "thrifty_requests_in_flight",
+            "Requests being served now.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.backend_up = Gauge(
-            "thrifty_backend_up", "1 when the backend passes health checks and its breaker is closed.",
-            ["backend"], multiprocess_mode="mostrecent", registry=r,
+            "thrifty_backend_up",
+            "1 when the backend passes health checks and its breaker is closed.",
+            ["backend"],
+            multiprocess_mode="mostrecent",
+            registry=r,
         )
         self.routing_decisions = Counter(
-            "thrifty_routing_decisions_total", "Routing decisions, by policy and chosen model.",
-            ["policy", "model"], registry=r,
+            "thrifty_routing_decisions_total",
+            "Routing decisions, by policy and chosen model.",
+            ["policy", "model"],
+            registry=r,
         )
         self.thinking_budget = Histogram(
-            "thrifty_thinking_budget_tokens", "Thinking budgets assigned, by policy and model.",
-            ["policy", "model"], buckets=_BUDGET_BUCKETS, registry=r,
+            "thrifty_thinking_budget_tokens",
+            "Thinking budgets assigned, by policy and model.",
+            ["policy", "model"],
+            buckets=_BUDGET_BUCKETS,
+            registry=r,
         )
         self.retries = Counter(
-            "thrifty_backend_retries_total", "Requests retried on another backend, by the backend that failed.",
-            ["backend"], registry=r,
+            "thrifty_backend_retries_total",
+            "Requests retried on another backend, by the backend that failed.",
+            ["backend"],
+            registry=r,
         )
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text; with several workers, aggregated over all of them."""
         if self.multiprocess:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -21,7 +21,6 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
-
 from thrifty.budgeter import Budgeter, BudgetRequest
 from thrifty.router import NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.server.backends import client

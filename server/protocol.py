@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from thrifty.server.errors import InvalidRequest
 
 Model = TypeVar("Model", bound="WireModel")

@@ -7,7 +7,6 @@ import time
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-
 from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest
 from thrifty.server.pipeline import Endpoint, Pipeline, error_response
 from thrifty.server.protocol import CompletionFields, parse_body, validate

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
 from thrifty.server.types import ASGIReceive, ASGIScope, ASGISend
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -138,7 +137,7 @@ class Standin:
             await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
         options = request.get("stream_options") or {}
         if options.get("include_usage"):
-            usage = {
+            usage: dict[str, Any] = {
                 "id": "chatcmpl-standin" if chat else "cmpl-standin",
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import Request
-
 from thrifty.server.backends.pool import BackendPool
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.serving import CompletionServing

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
-
 from thrifty.server.app import build_app
 from thrifty.server.config import GatewayConfig, parse_config
 from thrifty.server.standin import Standin, StandinState

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-
 from thrifty.server.backends.pool import Backend
 from thrifty.server.config import GatewayConfig
 from thrifty.server.errors import BackendError, BackendTimeout, BackendUnavailable
@@ -24,9 +23,7 @@ def open_session(config: GatewayConfig) -> aiohttp.ClientSession:
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=config.timeouts.connect, sock_connect=config.timeouts.connect
-    )
+    timeout = aiohttp.ClientTimeout(total=None, connect=config.timeouts.connect, sock_connect=config.timeouts.connect)
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )
@@ -51,9 +48,7 @@ def convert(exc: BaseException, backend: Backend, *, started: bool) -> BackendEr
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError)
 
 
-async def post(
-    session: aiohttp.ClientSession, backend: Backend, path: str, body: bytes
-) -> aiohttp.ClientResponse:
+async def post(session: aiohttp.ClientSession, backend: Backend, path: str, body: bytes) -> aiohttp.ClientResponse:
     """Send a request; returns once the response headers are in."""
     headers = {"Content-Type": "application/json"}
     if backend.auth_header:

@@ -71,12 +71,19 @@ class VllmProcess:
         launch = self.launch
         model = self.model_path()
         args = [
-            vllm_python(launch.python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model),
-            "--served-model-name", self.backend.model,
-            "--host", launch.host,
-            "--port", str(launch.port),
-            "--dtype", launch.dtype,
+            vllm_python(launch.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            self.backend.model,
+            "--host",
+            launch.host,
+            "--port",
+            str(launch.port),
+            "--dtype",
+            launch.dtype,
             "--disable-uvicorn-access-log",
         ]
         if launch.max_model_len is not None:
@@ -99,8 +106,13 @@ class VllmProcess:
         env.pop(ENV_PROMETHEUS_MULTIPROC_DIR, None)  # the gateway's, not vLLM's
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=_die_with_parent,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                # Safe here: serve starts backends before any other thread of its own exists.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         logger.info("started vLLM for %s (pid %d), log %s", self.backend.name, self.process.pid, self.log_path)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-
 from thrifty.server.protocol import CompletionFields, WireModel
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import Field
-
 from thrifty.server.protocol import CompletionFields
 
 

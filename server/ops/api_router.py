@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
-
 from thrifty.server.errors import BackendUnavailable
 from thrifty.server.pipeline import error_response
 from thrifty.server.state import gateway_state

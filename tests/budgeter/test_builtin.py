@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from thrifty.budgeter import Budgeter, BudgetRequest, build_budgeter
 
 REQUEST = BudgetRequest("m", {"messages": []})

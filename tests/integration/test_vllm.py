@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
-from tests.helpers import free_port
 from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.bundled_model import is_prepared, model_dir
 from thrifty.server.config import parse_config
+
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,8 @@ timeouts: {{first_token: 60, total: 120}}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "thrifty.server.cli", "serve", "--config", str(config), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:

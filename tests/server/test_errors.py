@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, config_for, gateway, sample, standins
-from thrifty.server.standin import StandinState
 
 
 def _assert_error(response: object, status: int, param: str | None = None, code: str | None = None) -> dict:
@@ -62,8 +62,10 @@ async def test_unknown_model_route_and_method() -> None:
     with standins(StandinState(model="m1")) as (b,):
         async with gateway(config_for([{"name": "b", "model": "m1", "url": b.url}])) as (http, _):
             _assert_error(
-                await http.post("/v1/chat/completions", json={"model": "gpt-9", **CHAT}), 404,
-                param="model", code="model_not_found",
+                await http.post("/v1/chat/completions", json={"model": "gpt-9", **CHAT}),
+                404,
+                param="model",
+                code="model_not_found",
             )
             _assert_error(await http.get("/v1/nothing"), 404, code="not_found")
             _assert_error(await http.get("/v1/chat/completions"), 405, code="method_not_allowed")

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-
-from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
 from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
 from thrifty.server.standin import StandinState
+
+from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
 
 BODY = {"model": "m", **CHAT}
 
 
 def _two(a_url: str, b_url: str, **extra: object) -> object:
-    return config_for(
-        [{"name": "a", "model": "m", "url": a_url}, {"name": "b", "model": "m", "url": b_url}], **extra
-    )
+    return config_for([{"name": "a", "model": "m", "url": a_url}, {"name": "b", "model": "m", "url": b_url}], **extra)
 
 
 async def test_503_before_first_byte_is_retried_on_another_backend() -> None:
@@ -83,9 +81,7 @@ async def test_backend_server_error_becomes_502_and_client_errors_pass_through()
 async def test_timeouts() -> None:
     state = StandinState(model="m", delay_s=1.0)
     with standins(state) as (a,):
-        config = config_for(
-            [{"name": "a", "model": "m", "url": a.url}], timeouts={"total": 0.3, "first_token": 0.2}
-        )
+        config = config_for([{"name": "a", "model": "m", "url": a.url}], timeouts={"total": 0.3, "first_token": 0.2})
         async with gateway(config) as (http, app):
             response = await http.post("/v1/chat/completions", json=BODY)
             assert response.status_code == 504 and response.json()["error"]["code"] == "backend_timeout"
@@ -114,7 +110,10 @@ async def test_health_checks_take_a_backend_out_and_back() -> None:
     with standins(StandinState(model="m")) as (a,):
         port = free_port()
         config = config_for(
-            [{"name": "a", "model": "m", "url": a.url}, {"name": "gone", "model": "m2", "url": f"http://127.0.0.1:{port}"}],
+            [
+                {"name": "a", "model": "m", "url": a.url},
+                {"name": "gone", "model": "m2", "url": f"http://127.0.0.1:{port}"},
+            ],
             health={"interval_s": 0.05, "timeout_s": 0.5},
         )
         async with gateway(config) as (http, app):

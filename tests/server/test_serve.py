@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, free_port, standins
-from thrifty.server.standin import StandinState
 
 THRIFTY = [sys.executable, "-m", "thrifty.server.cli"]
 
@@ -22,8 +22,11 @@ THRIFTY = [sys.executable, "-m", "thrifty.server.cli"]
 def _serve(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [*THRIFTY, "serve", *args], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs,  # type: ignore[call-overload]
+            [*THRIFTY, "serve", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            **kwargs,  # type: ignore[call-overload]
         )
 
 
@@ -50,9 +53,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 
@@ -153,6 +155,6 @@ def test_a_backend_that_fails_to_start_is_reported(tmp_path: Path) -> None:
         f"data_dir: {tmp_path}\nbackends: [{{name: x, model: m, launch: "
         f"{{model_path: {model}, port: {free_port()}, python: {fake}}}}}]\n"
     )
-    result = subprocess.run([*THRIFTY, "serve", "--config", str(config)], capture_output=True, timeout=60)
+    result = subprocess.run([*THRIFTY, "serve", "--config", str(config)], capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert b"exited with code 3" in result.stderr and b"CUDA out of memory (pretend)" in result.stderr
