@@ -156,6 +156,7 @@ def main() -> None:
                     "--log-level",
                     "warning",
                 ],
+                stdout=subprocess.DEVNULL,
             )
             processes.append(gateway)
             url = f"http://127.0.0.1:{port}"
