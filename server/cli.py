@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -73,6 +75,10 @@ Metrics: {base}/metrics   Ready: {base}/ready   Stop: Ctrl-C
 """
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def _announce_when_ready(host: str, port: int, text: str) -> None:
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     for _ in range(600):
@@ -131,6 +137,9 @@ def serve(
         multiproc_dir = tempfile.mkdtemp(prefix="thrifty-metrics-")
         os.environ[ENV_PROMETHEUS_MULTIPROC_DIR] = multiproc_dir
 
+    # uvicorn drains requests on SIGTERM, then re-raises the signal; this handler turns that into a
+    # normal exit so that the `finally` below stops the vLLM processes we started, gracefully.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     launched = []
     try:
         if any(b.launch is not None for b in config.backends):

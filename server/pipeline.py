@@ -183,10 +183,12 @@ class Pipeline:
         self.metrics.thinking_budget.labels(policy, model).observe(budget)
 
     async def _open(
-        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome
+        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome, tried: list[Backend]
     ) -> tuple[Backend, aiohttp.ClientResponse]:
-        """Send to a backend of ``model``, retrying elsewhere on failures before the first byte."""
-        tried: list[Backend] = []
+        """Send to a backend of ``model``, retrying elsewhere on failures before the first byte.
+
+        ``tried`` collects the backends used so far, across calls for the same request.
+        """
         last_error: BackendError | None = None
         path = _PATHS[endpoint]
         for _ in range(1 + self.config.limits.retries):
@@ -230,7 +232,7 @@ class Pipeline:
         outcome.overhead = dispatched - outcome.started
         try:
             async with asyncio.timeout_at(deadline):
-                backend, response = await self._open(endpoint, model, payload, outcome)
+                backend, response = await self._open(endpoint, model, payload, outcome, [])
                 try:
                     data = await response.read()
                 except client.TRANSPORT_ERRORS as exc:
@@ -266,10 +268,11 @@ class Pipeline:
         first_deadline = min(deadline, loop.time() + self._timeouts.first_token)
         outcome.overhead = time.perf_counter() - outcome.started
         # Up to the first event nothing has reached the client, so failures may still be retried.
+        tried: list[Backend] = []
         for attempt in range(1 + self.config.limits.retries):
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    backend, response = await self._open(endpoint, model, payload, outcome)
+                    backend, response = await self._open(endpoint, model, payload, outcome, tried)
                     if response.status != 200:
                         data = await response.read()
                         response.release()

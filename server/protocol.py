@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from thrifty.server.errors import InvalidRequest
 
 Model = TypeVar("Model", bound="WireModel")
+# Far beyond any context length, and small enough that budget + allowance stays a 64-bit integer.
+MAX_TOKENS = 2**31 - 1
 
 
 class WireModel(BaseModel):
@@ -30,7 +32,7 @@ class CompletionFields(WireModel):
     model: str = Field(..., min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     n: int | None = Field(None, ge=1, le=128)
 
 

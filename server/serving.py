@@ -8,6 +8,7 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest
+from thrifty.server.metrics import NO_BACKEND
 from thrifty.server.pipeline import Endpoint, Pipeline, error_response
 from thrifty.server.protocol import CompletionFields, parse_body, validate
 
@@ -51,7 +52,11 @@ class CompletionServing:
             response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome)
         except GatewayError as exc:
             outcome.finish(exc.status_code)
-            return error_response(exc, outcome.headers or None)
+            headers = outcome.headers
+            if outcome.backend != NO_BACKEND:
+                headers["x-thrifty-backend"] = outcome.backend
+                headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
+            return error_response(exc, headers or None)
         except ClientDisconnect:
             outcome.finish(499)
             raise

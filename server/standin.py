@@ -31,7 +31,10 @@ class StandinState:
     fail_status: int | None = None
     die_after_chunks: int | None = None
     delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
     stream_chunks: int = 4
+    # Streams that ended because the client went away (the gateway must pass disconnects on).
+    disconnects: int = 0
     record: bool = False
     received: list[dict[str, Any]] = field(default_factory=list)
 
@@ -121,12 +124,25 @@ class Standin:
             await _respond(send, 200, self._chat_body if chat else self._completion_body, _JSON_HEADERS)
             return
         try:
-            await self._stream(send, chat, request)
+            await self._stream(receive, send, chat, request)
         except _Disconnect:
             # Returning without more_body=False makes uvicorn close the socket mid-response.
             return
 
-    async def _stream(self, send: ASGISend, chat: bool, request: dict[str, Any]) -> None:
+    async def _stream(self, receive: ASGIReceive, send: ASGISend, chat: bool, request: dict[str, Any]) -> None:
+        state = self.state
+        # Slow streams watch for the client going away; fast ones (the benchmark's) skip the extra task.
+        gone = asyncio.Event() if state.chunk_delay_s else None
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone)) if gone is not None else None
+        try:
+            await self._send_stream(send, chat, request, gone)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _send_stream(
+        self, send: ASGISend, chat: bool, request: dict[str, Any], gone: asyncio.Event | None
+    ) -> None:
         state = self.state
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         created = int(time.time())
@@ -134,6 +150,11 @@ class Standin:
             if state.die_after_chunks is not None and i >= state.die_after_chunks:
                 raise _Disconnect
             chunk = _chat_chunk(state.model, created, i) if chat else _text_chunk(state.model, created, i)
+            if state.chunk_delay_s:
+                await asyncio.sleep(state.chunk_delay_s)
+            if gone is not None and gone.is_set():
+                state.disconnects += 1
+                raise _Disconnect
             await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
         options = request.get("stream_options") or {}
         if options.get("include_usage"):
@@ -177,6 +198,12 @@ def _text_chunk(model: str, created: int, i: int) -> bytes:
             "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": None}],
         }
     )
+
+
+async def _watch_disconnect(receive: ASGIReceive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 async def _read_body(receive: ASGIReceive) -> bytes:

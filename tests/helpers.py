@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import uvicorn
@@ -25,20 +25,19 @@ def free_port() -> int:
         return port
 
 
-class RunningStandin:
-    """A stand-in backend served by uvicorn on a real port, in a thread."""
+class RunningServer:
+    """An ASGI app served by uvicorn on a real port, in a thread."""
 
-    def __init__(self, state: StandinState) -> None:
-        self.state = state
+    def __init__(self, app: Any, lifespan: str = "off") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            Standin(state), host="127.0.0.1", port=self.port, log_level="error", access_log=False, lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="error", access_log=False, lifespan=lifespan
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> RunningStandin:
+    def start(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -50,6 +49,25 @@ class RunningStandin:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class RunningStandin(RunningServer):
+    """A stand-in backend on a real port."""
+
+    def __init__(self, state: StandinState) -> None:
+        super().__init__(Standin(state))
+        self.state = state
+
+
+@contextlib.contextmanager
+def running_gateway(config: GatewayConfig) -> Iterator[tuple[str, FastAPI]]:
+    """The gateway app served on a real port (for what ASGITransport cannot show, like disconnects)."""
+    app = build_app(config)
+    server = RunningServer(app, lifespan="on").start()
+    try:
+        yield server.url, app
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from thrifty.server.protocol import CompletionFields, WireModel
+from thrifty.server.protocol import MAX_TOKENS, CompletionFields, WireModel
 
 
 class ChatMessage(WireModel):
@@ -15,6 +15,6 @@ class ChatMessage(WireModel):
 
 class ChatCompletionRequest(CompletionFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     # vLLM's extension: the most tokens the model may spend between <think> and </think>.
-    thinking_token_budget: int | None = Field(None, ge=0)
+    thinking_token_budget: int | None = Field(None, ge=0, le=MAX_TOKENS)

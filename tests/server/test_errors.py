@@ -32,6 +32,8 @@ def _assert_error(response: object, status: int, param: str | None = None, code:
         ({"model": "m1", **CHAT, "stream": "yes"}, "stream"),
         ({"model": "m1", **CHAT, "max_tokens": 0}, "max_tokens"),
         ({"model": "m1", **CHAT, "max_tokens": "10"}, "max_tokens"),
+        ({"model": "m1", **CHAT, "max_tokens": 2**62}, "max_tokens"),
+        ({"model": "m1", **CHAT, "max_completion_tokens": 2**40}, "max_completion_tokens"),
         ({"model": "m1", **CHAT, "thinking_token_budget": -1}, "thinking_token_budget"),
         ({"model": "m1", **CHAT, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({"model": 42, **CHAT}, "model"),

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -158,3 +159,32 @@ def test_a_backend_that_fails_to_start_is_reported(tmp_path: Path) -> None:
     result = subprocess.run([*THRIFTY, "serve", "--config", str(config)], capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert b"exited with code 3" in result.stderr and b"CUDA out of memory (pretend)" in result.stderr
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    with standins(StandinState(model="m", delay_s=2.0)) as (backend,):
+        port = free_port()
+        config = tmp_path / "c.yaml"
+        config.write_text(f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n")
+        log = tmp_path / "serve.log"
+        process = _serve(["--config", str(config), "--port", str(port)], log)
+        url = f"http://127.0.0.1:{port}"
+        results: list[int] = []
+        try:
+            _wait_ready(url, process, log)
+
+            def call() -> None:
+                response = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT}, timeout=30)
+                results.append(response.status_code)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(0.7)  # the request is now waiting on the slow backend
+            process.send_signal(signal.SIGTERM)
+            caller.join(timeout=30)
+            assert process.wait(timeout=30) == 0
+        finally:
+            _stop(process)
+    assert results == [200], log.read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)
