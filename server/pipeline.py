@@ -6,7 +6,7 @@
           ◄── response / SSE stream (usage counted, errors as SSE events) ◄──
 
 ``Pipeline.run`` takes a validated request and returns a Starlette response. Metrics for a request are
-recorded exactly once, in ``_Outcome.finish``, when the last byte has been sent (or the request failed).
+recorded exactly once, in ``RequestOutcome.finish``, when the last byte has been sent (or the request failed).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def error_response(error: GatewayError, headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
-class _Outcome:
+class RequestOutcome:
     """Bookkeeping for one request; ``finish`` records its metrics once."""
 
     metrics: GatewayMetrics
@@ -110,17 +110,17 @@ class Pipeline:
         self._timeouts = config.timeouts
         self._backend_config = {b.name: b for b in config.backends}
 
-    def begin(self, started: float) -> _Outcome:
+    def begin(self, started: float) -> RequestOutcome:
         """Count the request as in flight; the returned outcome must be finished exactly once."""
         self.metrics.in_flight.inc()
-        return _Outcome(self.metrics, started)
+        return RequestOutcome(self.metrics, started)
 
     async def run(
         self,
         endpoint: Endpoint,
         body: dict[str, Any],
         headers: Mapping[str, str],
-        outcome: _Outcome,
+        outcome: RequestOutcome,
     ) -> Response:
         """Serve one validated request. Raises GatewayError before anything is sent to the client."""
         decision = await self._route(endpoint, body, headers)
@@ -162,7 +162,7 @@ class Pipeline:
         self.metrics.routing_decisions.labels(self.router.name, decision.model).inc()
         return decision
 
-    async def _apply_budget(self, model: str, body: dict[str, Any], outcome: _Outcome) -> None:
+    async def _apply_budget(self, model: str, body: dict[str, Any], outcome: RequestOutcome) -> None:
         backend = self.pool.by_model[model][0].config
         if not backend.reasoning:
             return  # the budget stage is a no-op for models that do not think
@@ -183,7 +183,7 @@ class Pipeline:
         self.metrics.thinking_budget.labels(policy, model).observe(budget)
 
     async def _open(
-        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome, tried: list[Backend]
+        self, endpoint: Endpoint, model: str, payload: bytes, outcome: RequestOutcome, tried: list[Backend]
     ) -> tuple[Backend, aiohttp.ClientResponse]:
         """Send to a backend of ``model``, retrying elsewhere on failures before the first byte.
 
@@ -226,7 +226,7 @@ class Pipeline:
         self.metrics.retries.labels(backend.name).inc()
         logger.warning("backend %s failed: %s", backend.name, error.message if error else "retryable status")
 
-    async def _complete(self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome) -> Response:
+    async def _complete(self, endpoint: Endpoint, model: str, payload: bytes, outcome: RequestOutcome) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeouts.total
         dispatched = time.perf_counter()
         outcome.overhead = dispatched - outcome.started
@@ -261,7 +261,7 @@ class Pipeline:
         return Response(data, status_code=status, headers=headers, media_type="application/json")
 
     async def _stream(
-        self, endpoint: Endpoint, model: str, payload: bytes, outcome: _Outcome, strip_usage: bool
+        self, endpoint: Endpoint, model: str, payload: bytes, outcome: RequestOutcome, strip_usage: bool
     ) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeouts.total
@@ -316,7 +316,7 @@ class Pipeline:
         backend: Backend,
         response: aiohttp.ClientResponse,
         first: bytes,
-        outcome: _Outcome,
+        outcome: RequestOutcome,
         strip_usage: bool,
         deadline: float,
     ) -> AsyncIterator[bytes]:
@@ -353,7 +353,7 @@ class Pipeline:
             response.release()
             outcome.finish(status)
 
-    def _usage_event(self, event: bytes, outcome: _Outcome, strip_usage: bool) -> bool:
+    def _usage_event(self, event: bytes, outcome: RequestOutcome, strip_usage: bool) -> bool:
         """Count a usage event's tokens; False when the event should not reach the client."""
         try:
             data = orjson.loads(event.partition(b"data:")[2])

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Self
 
 import httpx
@@ -78,6 +83,40 @@ def standins(*states: StandinState) -> Iterator[list[RunningStandin]]:
     finally:
         for r in running:
             r.stop()
+
+
+THRIFTY_CLI = [sys.executable, "-m", "thrifty.server.cli"]
+
+
+def serve_process(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*THRIFTY_CLI, "serve", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            **kwargs,  # type: ignore[call-overload]
+        )
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"thrifty serve exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"thrifty serve did not become ready:\n{log.read_text()}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def config_for(backends: list[dict[str, Any]], **extra: Any) -> GatewayConfig:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.bundled_model import is_prepared, model_dir
 from thrifty.server.config import parse_config
 
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_process, stop_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -84,28 +82,13 @@ timeouts: {{first_token: 60, total: 120}}
     )
     port = free_port()
     log = folder / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "thrifty.server.cli", "serve", "--config", str(config), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = serve_process(["--config", str(config), "--port", str(port)], log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the gateway did not start:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(url, process, log)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,40 +14,7 @@ import httpx
 import pytest
 from thrifty.server.standin import StandinState
 
-from tests.helpers import CHAT, free_port, standins
-
-THRIFTY = [sys.executable, "-m", "thrifty.server.cli"]
-
-
-def _serve(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [*THRIFTY, "serve", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            **kwargs,  # type: ignore[call-overload]
-        )
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"thrifty serve exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"thrifty serve did not become ready:\n{log.read_text()}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+from tests.helpers import CHAT, THRIFTY_CLI, free_port, serve_process, standins, stop_process, wait_ready
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -66,17 +32,17 @@ def test_metrics_are_exact_across_several_workers(tmp_path: Path) -> None:
         config.write_text(f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n")
         log = tmp_path / "serve.log"
         args = ["--config", str(config), "--port", str(port), "--workers", "2", "--log-level", "warning"]
-        process = _serve(args, log)
+        process = serve_process(args, log)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, process, log)
+            wait_ready(url, process, log)
             n = 60
             with httpx.Client(base_url=url, limits=httpx.Limits(max_keepalive_connections=0)) as http:
                 for _ in range(n):  # new connections spread the requests over both workers
                     assert http.post("/v1/chat/completions", json={"model": "m", **CHAT}).status_code == 200
                 text = http.get("/metrics").text
         finally:
-            _stop(process)
+            stop_process(process)
     assert _metric(text, "thrifty_requests_total", model="m", backend="b", status="200") == n
     assert _metric(text, "thrifty_tokens_total", model="m", kind="prompt") == 12 * n
     assert _metric(text, "thrifty_request_duration_seconds_count", model="m", backend="b") == n
@@ -120,10 +86,10 @@ def test_managed_backends_are_stopped_with_the_gateway(tmp_path: Path, how: str)
         )
     )
     log = tmp_path / "serve.log"
-    process = _serve(["--config", str(config), "--port", str(port)], log, start_new_session=True)
+    process = serve_process(["--config", str(config), "--port", str(port)], log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log)
+        wait_ready(url, process, log)
         response = httpx.post(f"{url}/v1/chat/completions", json={"model": "standin", **CHAT})
         assert response.status_code == 200 and response.headers["x-thrifty-backend"] == "managed"
         assert httpx.get(f"http://127.0.0.1:{backend_port}/health").status_code == 200
@@ -156,7 +122,8 @@ def test_a_backend_that_fails_to_start_is_reported(tmp_path: Path) -> None:
         f"data_dir: {tmp_path}\nbackends: [{{name: x, model: m, launch: "
         f"{{model_path: {model}, port: {free_port()}, python: {fake}}}}}]\n"
     )
-    result = subprocess.run([*THRIFTY, "serve", "--config", str(config)], capture_output=True, timeout=60, check=False)
+    command = [*THRIFTY_CLI, "serve", "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert b"exited with code 3" in result.stderr and b"CUDA out of memory (pretend)" in result.stderr
 
@@ -167,11 +134,11 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         config = tmp_path / "c.yaml"
         config.write_text(f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n")
         log = tmp_path / "serve.log"
-        process = _serve(["--config", str(config), "--port", str(port)], log)
+        process = serve_process(["--config", str(config), "--port", str(port)], log)
         url = f"http://127.0.0.1:{port}"
         results: list[int] = []
         try:
-            _wait_ready(url, process, log)
+            wait_ready(url, process, log)
 
             def call() -> None:
                 response = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT}, timeout=30)
@@ -184,7 +151,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
             caller.join(timeout=30)
             assert process.wait(timeout=30) == 0
         finally:
-            _stop(process)
+            stop_process(process)
     assert results == [200], log.read_text()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
