@@ -171,6 +171,15 @@ class GatewayConfig(_Strict):
             raise ValueError("launched backends need distinct ports")
         if "auto" in {b.model for b in self.backends}:
             raise ValueError("'auto' is the router's virtual model and cannot name a backend's model")
+        # Replicas of one model must describe it alike: the router and budgeter see one description.
+        described: dict[str, BackendConfig] = {}
+        for b in self.backends:
+            first = described.setdefault(b.model, b)
+            for field in ("price", "reasoning", "context_length"):
+                if getattr(b, field) != getattr(first, field):
+                    raise ValueError(
+                        f"backends '{first.name}' and '{b.name}' both serve '{b.model}' but give different {field}"
+                    )
         return self
 
     @property

@@ -65,6 +65,10 @@ def test_environment_overrides_urls_and_secrets(tmp_path: Path) -> None:
         ("backends: [{name: a, model: m, url: 'http://h', colour: red}]", "backends.0.colour: Extra inputs"),
         ("backends: [{name: a, model: m, url: 'http://h'}, {name: a, model: n, url: 'http://h'}]", "repeated: a"),
         ("backends: [{name: a, model: auto, url: 'http://h'}]", "'auto' is the router's virtual model"),
+        (
+            "backends: [{name: a, model: m, url: 'http://h'}, {name: b, model: m, url: 'http://i', reasoning: true}]",
+            "backends 'a' and 'b' both serve 'm' but give different reasoning",
+        ),
         ("backends: [{name: a, model: m, url: 'http://h'}]\nrouter: [1]", "router: give one router"),
         ("backends: [{name: a, model: m, url: 'http://h'}]\ntimeouts: {total: -1}", "timeouts.total"),
         ("backends: [{name: a, model: m, launch: {model_path: x}}]", "backends.0.launch.port: Field required"),
