@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from thrifty.budgeter import build_budgeter
 from thrifty.router import build_router
+from thrifty.server.access import AccessControl
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import BackendPool
 from thrifty.server.chat import api_router as chat_routes
@@ -37,6 +38,12 @@ from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes
 from thrifty.server.ops import api_router as ops_routes
 from thrifty.server.pipeline import AUTO_MODEL, Pipeline, error_response
+from thrifty.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from thrifty.server.sessions import api_router as session_routes
+from thrifty.server.sessions.manager import SessionManager
+from thrifty.server.sessions.memory import MemorySessionStore
+from thrifty.server.sessions.redis_store import RedisSessionStore
+from thrifty.server.sessions.store import SessionStore
 from thrifty.server.state import GatewayState
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,15 @@ def _models_body(pool: BackendPool) -> bytes:
     data = [{"id": m, "object": "model", "created": created, "owned_by": "thrifty"} for m in pool.models]
     data.append({"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "thrifty"})
     return orjson.dumps({"object": "list", "data": data})
+
+
+def _stores(config: GatewayConfig) -> tuple[SessionStore, RateLimiter]:
+    """Session store and rate limiter: in memory, or both in Redis when a URL is configured."""
+    s = config.sessions
+    if config.redis_url is None:
+        return MemorySessionStore(s.ttl_s, s.history, s.max_turns, s.max_sessions), MemoryRateLimiter()
+    store = RedisSessionStore(config.redis_url, s.ttl_s, s.history, s.max_turns)
+    return store, RedisRateLimiter(store.redis)
 
 
 def build_app(config: GatewayConfig) -> FastAPI:
@@ -66,11 +82,16 @@ def build_app(config: GatewayConfig) -> FastAPI:
         metrics = GatewayMetrics()
         pool = BackendPool(config, metrics)
         session = client.open_session(config)
-        pipeline = Pipeline(config, pool, router, budgeter, session, metrics)
+        store, limiter = _stores(config)
+        sessions = SessionManager(store, config.sessions, metrics)
+        access = AccessControl(config.auth, limiter, metrics)
+        pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access)
         limit = config.limits.max_body_bytes
         app.state.gateway = GatewayState(
             pool=pool,
             metrics=metrics,
+            access=access,
+            sessions=sessions,
             chat=chat_serving(pipeline, limit),
             completions=completion_serving(pipeline, limit),
             models_body=_models_body(pool),
@@ -84,9 +105,11 @@ def build_app(config: GatewayConfig) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await checker
             await session.close()
+            await store.close()
+            await limiter.close()
 
     app = FastAPI(title="Thrifty", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    for module in (chat_routes, completion_routes, model_routes, ops_routes):
+    for module in (chat_routes, completion_routes, model_routes, session_routes, ops_routes):
         module.attach_router(app)
     _install_error_handlers(app)
     return app

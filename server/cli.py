@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -29,6 +30,8 @@ from thrifty.server.config import (
 app = typer.Typer(help="Thrifty: an OpenAI-compatible gateway that spends compute where it pays.", no_args_is_help=True)
 models_app = typer.Typer(help="Models that thrifty prepares itself.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys for clients.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
 
@@ -56,6 +59,31 @@ def models_prepare(
     except (RuntimeError, ImportError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"bundled model ready: {path}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="a name for the key (shown in logs instead of the key)")] = "client",
+    rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute")] = None,
+) -> None:
+    """Print a new API key and the line that goes under `auth.keys` in the config (only its hash)."""
+    from thrifty.server.access import hash_key, new_key
+
+    key = new_key()
+    limits = "".join(f", {label}: {value}" for label, value in (("rpm", rpm), ("tpm", tpm)) if value)
+    typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
+    typer.echo("config line (under auth.keys):")
+    typer.echo(f"  - {{name: {name}, sha256: {hash_key(key)}{limits}}}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _examples(host: str, port: int, config: GatewayConfig) -> str:
@@ -98,6 +126,9 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="overrides server.workers")] = None,
     data_dir: DataDir = Path("data"),
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="serve a non-loopback address without API keys (anyone who can reach it may use it)")
+    ] = False,
 ) -> None:
     """Start the gateway (and any vLLM backends the config launches)."""
     import uvicorn
@@ -113,6 +144,12 @@ def serve(
     host = host or config.server.host
     port = port or config.server.port
     workers = workers or config.server.workers
+    if not config.auth.keys and not _is_loopback(host) and not allow_unauthenticated:
+        raise _fail(
+            f"refusing to listen on {host} with no API keys configured: anyone who can reach it could use "
+            "your backends. Add keys under auth.keys (thrifty keys create), listen on 127.0.0.1, or pass "
+            "--allow-unauthenticated."
+        )
 
     # The app is built again inside each worker from the same sources; build it once here so that
     # mistakes in router or budgeter options stop us before any backend is started.

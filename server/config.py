@@ -2,7 +2,7 @@
 
 Every environment variable the gateway reads is named in this module. Secrets and URLs can be given
 per backend as ``THRIFTY_BACKEND_<NAME>_URL`` and ``THRIFTY_BACKEND_<NAME>_API_KEY`` (``<NAME>`` is the
-backend's name upper-cased with ``-`` and ``.`` as ``_``); they win over the file.
+backend's name upper-cased with ``-`` and ``.`` as ``_``), and Redis as ``THRIFTY_REDIS_URL``; they win over the file.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_CONFIG = "THRIFTY_CONFIG"
 ENV_DATA_DIR = "THRIFTY_DATA_DIR"
 ENV_VLLM_PYTHON = "THRIFTY_VLLM_PYTHON"
+ENV_REDIS_URL = "THRIFTY_REDIS_URL"
 ENV_BACKEND_URL = "THRIFTY_BACKEND_{name}_URL"
 ENV_BACKEND_API_KEY = "THRIFTY_BACKEND_{name}_API_KEY"
 ENV_PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -113,6 +114,39 @@ class BreakerConfig(_Strict):
     reset_after_s: float = Field(30.0, gt=0)
 
 
+class SessionsConfig(_Strict):
+    """Multi-turn sessions. Stored in memory, or in Redis when ``redis_url`` is set."""
+
+    ttl_s: float = Field(24 * 3600.0, gt=0, description="a session expires this long after its last turn")
+    default_budget: int | None = Field(None, ge=0, description="a problem's total token budget B; None = no limit")
+    history: int = Field(16, ge=0, description="recent turns handed to the budgeter")
+    max_turns: int = Field(256, ge=1, description="turns kept per session (older ones are dropped)")
+    max_sessions: int = Field(10_000, ge=1, description="in-memory store only: least recently used go first")
+
+
+class ApiKey(_Strict):
+    """A client key, stored as the SHA-256 of the key (``thrifty keys create`` prints both)."""
+
+    name: str = Field(..., pattern=_NAME_PATTERN)
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    rpm: int | None = Field(None, ge=1, description="requests per minute; default: auth.rpm")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute; default: auth.tpm")
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+    rpm: int | None = Field(None, ge=1, description="default requests per minute per key; None = unlimited")
+    tpm: int | None = Field(None, ge=1, description="default tokens per minute per key; None = unlimited")
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> AuthConfig:
+        for attr in ("name", "sha256"):
+            values = [getattr(k, attr) for k in self.keys]
+            if len(values) != len(set(values)):
+                raise ValueError(f"two API keys share a {attr}")
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -148,7 +182,17 @@ class GatewayConfig(_Strict):
     timeouts: Timeouts = Timeouts()
     health: HealthConfig = HealthConfig()
     circuit_breaker: BreakerConfig = BreakerConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    auth: AuthConfig = AuthConfig()
+    redis_url: str | None = Field(None, description="sessions and rate limits in Redis; $THRIFTY_REDIS_URL")
     data_dir: str = "data"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value or None
 
     @field_validator("router", mode="before")
     @classmethod
@@ -196,7 +240,9 @@ def env_key(name: str) -> str:
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Backend URLs and API keys from the environment win over the file."""
+    """Backend URLs and API keys, and the Redis URL, from the environment win over the file."""
+    if environ.get(ENV_REDIS_URL):
+        raw["redis_url"] = environ[ENV_REDIS_URL]
     for backend in raw.get("backends") or []:
         if not isinstance(backend, dict) or not isinstance(backend.get("name"), str):
             continue

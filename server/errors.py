@@ -3,6 +3,10 @@
     GatewayError                      (500 server_error: a bug, never a client's doing)
     ├── InvalidRequest                (400 invalid_request_error, names the field in ``param``)
     │   └── BodyTooLarge              (413)
+    ├── Unauthorized                  (401, missing or unknown API key)
+    ├── RateLimited                   (429 with Retry-After: a key's requests or tokens per minute)
+    ├── SessionNotFound               (404)
+    ├── SessionStoreDown              (503: the session store cannot be reached)
     ├── ModelNotFound                 (404)
     ├── RouteNotFound                 (404, unknown path)
     ├── MethodNotAllowed              (405)
@@ -39,6 +43,10 @@ class GatewayError(Exception):
     def json(self) -> bytes:
         return orjson.dumps(self.body())
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs."""
+        return {}
+
 
 class InvalidRequest(GatewayError):
     status_code = 400
@@ -49,6 +57,37 @@ class InvalidRequest(GatewayError):
 class BodyTooLarge(InvalidRequest):
     status_code = 413
     default_code = "request_too_large"
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class RateLimited(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
+
+
+class SessionNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "session_not_found"
+
+
+class SessionStoreDown(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "session_store_unavailable"
 
 
 class ModelNotFound(GatewayError):

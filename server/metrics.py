@@ -102,6 +102,30 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.auth_failures = Counter(
+            "thrifty_auth_failures_total", "Requests refused for a missing or unknown API key.", registry=r
+        )
+        self.rate_limited = Counter(
+            "thrifty_rate_limited_total", "Requests refused by a key's requests or tokens per minute.", registry=r
+        )
+        self.session_store_up = Gauge(
+            "thrifty_session_store_up",
+            "1 while the session store answers; 0 while requests are served without session state.",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.session_store_errors = Counter(
+            "thrifty_session_store_errors_total",
+            "Session store operations that failed, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.requests_without_session = Counter(
+            "thrifty_requests_without_session_total",
+            "Requests served without session state because the session store was unreachable.",
+            registry=r,
+        )
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text; with several workers, aggregated over all of them."""
         if self.multiprocess:

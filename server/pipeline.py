@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 from thrifty.budgeter import Budgeter, BudgetRequest
 from thrifty.router import NoRoute, Router, RoutingDecision, RoutingRequest
+from thrifty.server.access import AccessControl, Principal
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import Backend, BackendPool
 from thrifty.server.config import GatewayConfig
@@ -35,6 +37,8 @@ from thrifty.server.errors import (
     sse_error_event,
 )
 from thrifty.server.metrics import NO_BACKEND, NO_MODEL, GatewayMetrics
+from thrifty.server.sessions.manager import SessionContext, SessionManager
+from thrifty.server.sessions.model import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,14 @@ _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/
 _RETRY_STATUSES = frozenset({502, 503})
 _SSE_SEPARATOR = b"\n\n"
 _DONE = b"data: [DONE]"
+_FINISH_REASON = re.compile(rb'"finish_reason":"([A-Za-z_]+)"')
 
 
 def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error.json(), status_code=error.status_code, headers=headers, media_type="application/json")
+    extra = error.headers()
+    if headers:
+        extra.update(headers)
+    return Response(error.json(), status_code=error.status_code, headers=extra, media_type="application/json")
 
 
 @dataclass(slots=True)
@@ -62,6 +70,13 @@ class RequestOutcome:
     first_token_at: float | None = None
     finished: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    principal: Principal | None = None
+    session: SessionContext | None = None
+    thinking_budget: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish_reason: str | None = None
 
     def count_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -70,11 +85,26 @@ class RequestOutcome:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):
             tokens.labels(self.model, "prompt").inc(prompt)
+            self.prompt_tokens = prompt
         if isinstance(completion, int):
             tokens.labels(self.model, "completion").inc(completion)
+            self.completion_tokens = completion
         details = usage.get("completion_tokens_details")
         if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
             tokens.labels(self.model, "reasoning").inc(details["reasoning_tokens"])
+            self.reasoning_tokens = details["reasoning_tokens"]
+
+    def turn(self) -> Turn:
+        return Turn(
+            model=self.model,
+            thinking_budget=self.thinking_budget,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            latency_s=round(time.perf_counter() - self.started, 6),
+            finish_reason=self.finish_reason,
+            at=time.time(),
+        )
 
     def finish(self, status: int) -> None:
         if self.finished:
@@ -100,6 +130,8 @@ class Pipeline:
         budgeter: Budgeter,
         session: aiohttp.ClientSession,
         metrics: GatewayMetrics,
+        sessions: SessionManager,
+        access: AccessControl,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -107,6 +139,8 @@ class Pipeline:
         self.budgeter = budgeter
         self.session = session
         self.metrics = metrics
+        self.sessions = sessions
+        self.access = access
         self._timeouts = config.timeouts
         self._backend_config = {b.name: b for b in config.backends}
 
@@ -121,14 +155,22 @@ class Pipeline:
         body: dict[str, Any],
         headers: Mapping[str, str],
         outcome: RequestOutcome,
+        principal: Principal,
     ) -> Response:
         """Serve one validated request. Raises GatewayError before anything is sent to the client."""
+        outcome.principal = principal
+        body = dict(body)
+        extension = body.pop("thrifty", None) or {}  # the gateway's own field never reaches backends
+        context = await self.sessions.begin(principal.name, headers, body, extension.get("budget"))
+        outcome.session = context
+        outcome.headers["x-thrifty-session"] = context.id
+        if context.degraded:
+            outcome.headers["x-thrifty-session-state"] = "unavailable"
         decision = await self._route(endpoint, body, headers)
         outcome.model = decision.model
         outcome.headers["x-thrifty-model"] = decision.model
         if decision.policy:
             outcome.headers["x-thrifty-routing-policy"] = decision.policy
-        body = dict(body)
         body["model"] = decision.model
         if endpoint == "chat":
             await self._apply_budget(decision.model, body, outcome)
@@ -170,7 +212,8 @@ class Pipeline:
             budget: int | None = body["thinking_token_budget"]  # the client's own choice wins
             policy = "client"
         else:
-            budget = await self.budgeter.assign(BudgetRequest(model, body))
+            session = outcome.session.session if outcome.session is not None else None
+            budget = await self.budgeter.assign(BudgetRequest(model, body, session))
             policy = self.budgeter.name
         if budget is None:
             return
@@ -179,6 +222,7 @@ class Pipeline:
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         allowance = body.get(key) or self.config.limits.answer_tokens
         body[key] = budget + allowance
+        outcome.thinking_budget = budget
         outcome.headers["x-thrifty-thinking-budget"] = str(budget)
         self.metrics.thinking_budget.labels(policy, model).observe(budget)
 
@@ -250,9 +294,14 @@ class Pipeline:
         self.pool.record_success(backend)
         if status == 200:
             try:
-                outcome.count_usage(orjson.loads(data).get("usage"))
+                answer = orjson.loads(data)
+                outcome.count_usage(answer.get("usage"))
             except (orjson.JSONDecodeError, AttributeError):
                 raise BackendError(f"backend '{backend.name}' sent a response that is not a JSON object") from None
+            choices = answer.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                outcome.finish_reason = choices[0].get("finish_reason")
+            await self._conclude(outcome)
         headers = outcome.headers
         headers["x-thrifty-backend"] = backend.name
         outcome.overhead += time.perf_counter() - received
@@ -329,8 +378,12 @@ class Pipeline:
                     if forward:
                         yield event
                 else:
+                    if b'"finish_reason":"' in event:
+                        match = _FINISH_REASON.search(event)
+                        outcome.finish_reason = match.group(1).decode() if match else None
                     yield event
                 if event.startswith(_DONE):
+                    await self._conclude(outcome)
                     break
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -352,6 +405,13 @@ class Pipeline:
         finally:
             response.release()
             outcome.finish(status)
+
+    async def _conclude(self, outcome: RequestOutcome) -> None:
+        """A request answered in full: record its turn and charge its tokens to the caller's key."""
+        if outcome.session is not None:
+            await self.sessions.record(outcome.session, outcome.turn())
+        if outcome.principal is not None:
+            await self.access.spend(outcome.principal, outcome.prompt_tokens + outcome.completion_tokens)
 
     def _usage_event(self, event: bytes, outcome: RequestOutcome, strip_usage: bool) -> bool:
         """Count a usage event's tokens; False when the event should not reach the client."""

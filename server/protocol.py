@@ -26,6 +26,14 @@ class StreamOptions(WireModel):
     include_usage: bool | None = None
 
 
+class ThriftyExtension(BaseModel):
+    """The request's ``thrifty`` field: the gateway's own options, removed before forwarding."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budget: int | None = Field(None, ge=0, le=MAX_TOKENS, description="the problem's total token budget B")
+
+
 class CompletionFields(WireModel):
     """Fields both completion endpoints act on."""
 
@@ -34,6 +42,7 @@ class CompletionFields(WireModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     n: int | None = Field(None, ge=1, le=128)
+    thrifty: ThriftyExtension | None = None
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

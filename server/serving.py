@@ -47,9 +47,10 @@ class CompletionServing:
     async def create(self, request: Request) -> Response:
         outcome = self.pipeline.begin(time.perf_counter())
         try:
+            principal = await self.pipeline.access.admit(request.headers)
             raw = parse_body(await read_body(request, self.max_body_bytes))
             validate(self.wire_model, raw)
-            response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome)
+            response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome, principal)
         except GatewayError as exc:
             outcome.finish(exc.status_code)
             headers = outcome.headers

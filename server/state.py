@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from thrifty.server.access import AccessControl
 from thrifty.server.backends.pool import BackendPool
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.serving import CompletionServing
+from thrifty.server.sessions.manager import SessionManager
 
 
 @dataclass(slots=True)
 class GatewayState:
     pool: BackendPool
     metrics: GatewayMetrics
+    access: AccessControl
+    sessions: SessionManager
     chat: CompletionServing
     completions: CompletionServing
     models_body: bytes

@@ -11,7 +11,9 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=None)
 async def list_models(request: Request) -> Response:
-    return Response(gateway_state(request).models_body, media_type="application/json")
+    state = gateway_state(request)
+    await state.access.admit(request.headers)
+    return Response(state.models_body, media_type="application/json")
 
 
 def attach_router(app: FastAPI) -> None:

@@ -1,0 +1,1 @@
+"""Multi-turn sessions: the model, the store interface and its in-memory and Redis implementations."""
