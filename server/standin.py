@@ -149,7 +149,8 @@ class Standin:
         for i in range(state.stream_chunks):
             if state.die_after_chunks is not None and i >= state.die_after_chunks:
                 raise _Disconnect
-            chunk = _chat_chunk(state.model, created, i) if chat else _text_chunk(state.model, created, i)
+            last = i == state.stream_chunks - 1
+            chunk = _chat_chunk(state.model, created, i, last) if chat else _text_chunk(state.model, created, i, last)
             if state.chunk_delay_s:
                 await asyncio.sleep(state.chunk_delay_s)
             if gone is not None and gone.is_set():
@@ -172,7 +173,7 @@ class Standin:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-def _chat_chunk(model: str, created: int, i: int) -> bytes:
+def _chat_chunk(model: str, created: int, i: int, last: bool) -> bytes:
     # The first chunk carries reasoning, as a reasoning parser's output does.
     delta: dict[str, Any] = {"reasoning_content": "think"} if i == 0 else {"content": f"tok{i} "}
     if i == 0:
@@ -183,19 +184,19 @@ def _chat_chunk(model: str, created: int, i: int) -> bytes:
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if last else None}],
         }
     )
 
 
-def _text_chunk(model: str, created: int, i: int) -> bytes:
+def _text_chunk(model: str, created: int, i: int, last: bool) -> bytes:
     return orjson.dumps(
         {
             "id": "cmpl-standin",
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": None}],
+            "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": "stop" if last else None}],
         }
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,7 +80,7 @@ class SessionManager:
             budget = self.config.default_budget
         context = SessionContext(session_id, f"{owner}/{session_id}", budget, None)
         try:
-            context.session = await self.store.open(context.store_key, budget, time.time())
+            context.session = await self.store.open(context.store_key, budget)
         except StoreUnavailable as exc:
             self._failed("open", exc)
             self._metrics.requests_without_session.inc()
@@ -93,7 +92,7 @@ class SessionManager:
         if context.degraded:
             return
         try:
-            await self.store.record(context.store_key, turn, context.budget, time.time())
+            await self.store.record(context.store_key, turn, context.budget)
         except StoreUnavailable as exc:
             # The answer is already on its way to the client; the ledger misses this turn.
             self._failed("record", exc)

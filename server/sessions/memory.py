@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from thrifty.server.sessions.model import Session, Turn
@@ -24,8 +25,10 @@ class _Entry:
 class MemorySessionStore(SessionStore):
     name = "memory"
 
-    def __init__(self, ttl_s: float, history: int, max_turns: int, max_sessions: int) -> None:
-        super().__init__(ttl_s, history)
+    def __init__(
+        self, ttl_s: float, history: int, max_turns: int, max_sessions: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(ttl_s, history, clock)
         self.max_turns = max_turns
         self.max_sessions = max_sessions
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -39,7 +42,8 @@ class MemorySessionStore(SessionStore):
             return None
         return entry
 
-    def _touch(self, session_id: str, budget: int | None, now: float) -> _Entry:
+    def _touch(self, session_id: str, budget: int | None) -> _Entry:
+        now = self.clock()
         entry = self._live(session_id, now)
         if entry is None:
             entry = _Entry(Session(session_id, now, budget), deque(maxlen=self.max_turns))
@@ -57,15 +61,15 @@ class MemorySessionStore(SessionStore):
         turns = list(entry.recent)[-last:] if last > 0 else []
         return Session(s.id, s.created_at, s.budget, s.spent, s.turn_count, turns)
 
-    async def open(self, session_id: str, budget: int | None, now: float) -> Session:
-        return self._view(self._touch(session_id, budget, now), self.history)
+    async def open(self, session_id: str, budget: int | None) -> Session:
+        return self._view(self._touch(session_id, budget), self.history)
 
     async def get(self, session_id: str) -> Session | None:
-        entry = self._live(session_id, time.time())
+        entry = self._live(session_id, self.clock())
         return None if entry is None else self._view(entry, self.max_turns)
 
-    async def record(self, session_id: str, turn: Turn, budget: int | None, now: float) -> None:
-        entry = self._touch(session_id, budget, now)
+    async def record(self, session_id: str, turn: Turn, budget: int | None) -> None:
+        entry = self._touch(session_id, budget)
         entry.session.spent += turn.spent
         entry.session.turn_count += 1
         entry.recent.append(turn)

@@ -125,8 +125,8 @@ class RedisSessionStore(SessionStore):
             logger.warning("redis session store reachable again")
             self._retry_at = 0.0
 
-    async def open(self, session_id: str, budget: int | None, now: float) -> Session:
-        args: list[str | int | bytes] = [repr(now), _budget_arg(budget), int(self.ttl_s * 1000), self.history]
+    async def open(self, session_id: str, budget: int | None) -> Session:
+        args: list[str | int | bytes] = [repr(self.clock()), _budget_arg(budget), int(self.ttl_s * 1000), self.history]
         async with self._reachable():
             head, turns = await self._open_script(keys=_keys(session_id), args=args)
         return _session(session_id, head, turns)
@@ -139,9 +139,9 @@ class RedisSessionStore(SessionStore):
             head, turns = await pipe.execute()
         return None if head[0] is None else _session(session_id, head, turns)
 
-    async def record(self, session_id: str, turn: Turn, budget: int | None, now: float) -> None:
+    async def record(self, session_id: str, turn: Turn, budget: int | None) -> None:
         args: list[str | int | bytes] = [
-            repr(now),
+            repr(self.clock()),
             _budget_arg(budget),
             int(self.ttl_s * 1000),
             turn.spent,

@@ -7,7 +7,9 @@ ledger (turn count, tokens spent, turns) stays exact under any number of concurr
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from thrifty.server.sessions.model import Session, Turn
 
@@ -21,12 +23,13 @@ class SessionStore(ABC):
 
     name: str
 
-    def __init__(self, ttl_s: float, history: int) -> None:
+    def __init__(self, ttl_s: float, history: int, clock: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
         self.history = history
+        self.clock = clock
 
     @abstractmethod
-    async def open(self, session_id: str, budget: int | None, now: float) -> Session:
+    async def open(self, session_id: str, budget: int | None) -> Session:
         """The session, created with ``budget`` if it does not exist; refreshes its TTL."""
 
     @abstractmethod
@@ -34,7 +37,7 @@ class SessionStore(ABC):
         """The session with its recent turns, or None."""
 
     @abstractmethod
-    async def record(self, session_id: str, turn: Turn, budget: int | None, now: float) -> None:
+    async def record(self, session_id: str, turn: Turn, budget: int | None) -> None:
         """Append a turn and add its tokens to the ledger, atomically (creating the session if gone)."""
 
     @abstractmethod
