@@ -64,7 +64,10 @@ class AccessControl:
         return principal
 
     async def admit(self, headers: Mapping[str, str]) -> Principal:
-        """Identify the caller and count the request against its limits (401 / 429 otherwise)."""
+        """Identify the caller and count a model request against its limits (401 / 429 otherwise).
+
+        Only completion requests are counted; listing models and reading sessions just authenticate.
+        """
         principal = self.identify(headers)
         if principal.quota is not None:
             try:

@@ -248,14 +248,14 @@ class Pipeline:
             try:
                 response = await client.post(self.session, backend, path, payload)
             except BackendError as exc:
-                self._failed(backend, exc)
+                self._failed(backend, type(exc).__name__)
                 last_error = exc
                 if exc.retryable:
                     continue
                 raise
             if response.status in _RETRY_STATUSES:
                 text = await _read_error_text(response)
-                self._failed(backend, None)
+                self._failed(backend, f"status {response.status}")
                 last_error = BackendUnavailable(
                     f"backend '{backend.name}' answered {response.status}: {text}", retryable=True
                 )
@@ -265,10 +265,11 @@ class Pipeline:
             raise last_error
         raise BackendUnavailable(f"no healthy backend serves the model '{model}'")
 
-    def _failed(self, backend: Backend, error: BackendError | None) -> None:
+    def _failed(self, backend: Backend, reason: str) -> None:
+        # Only the kind of failure is logged: a backend's error text may quote the client's prompt.
         self.pool.record_failure(backend)
         self.metrics.retries.labels(backend.name).inc()
-        logger.warning("backend %s failed: %s", backend.name, error.message if error else "retryable status")
+        logger.warning("backend %s failed before answering (%s); trying another", backend.name, reason)
 
     async def _complete(self, endpoint: Endpoint, model: str, payload: bytes, outcome: RequestOutcome) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeouts.total

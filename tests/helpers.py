@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,6 +120,13 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
 
 
+def fresh_minute(margin_s: float = 8.0) -> None:
+    """Wait out the end of a rate-limit window, so a test's requests all fall in one minute."""
+    into = time.time() % 60
+    if into > 60 - margin_s:
+        time.sleep(60 - into + 0.05)
+
+
 def config_for(backends: list[dict[str, Any]], **extra: Any) -> GatewayConfig:
     return parse_config({"backends": backends, **extra}, environ={})
 
@@ -144,3 +152,57 @@ def sample(app: FastAPI, name: str, **labels: str) -> float:
 
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+class RedisServer:
+    """A real redis-server on a free port, with its data in ``folder`` (append-only file on)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run 'make test' (it installs it) or apt-get install redis-server"
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start:\n{(self.folder / 'redis.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

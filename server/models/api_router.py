@@ -12,7 +12,7 @@ router = APIRouter()
 @router.get("/v1/models", response_model=None)
 async def list_models(request: Request) -> Response:
     state = gateway_state(request)
-    await state.access.admit(request.headers)
+    state.access.identify(request.headers)
     return Response(state.models_body, media_type="application/json")
 
 

@@ -22,7 +22,7 @@ def _session_id(value: str) -> str:
 @router.get("/v1/sessions/{session_id}", response_model=None)
 async def get_session(session_id: str, request: Request) -> Response:
     state = gateway_state(request)
-    principal = await state.access.admit(request.headers)
+    principal = state.access.identify(request.headers)
     try:
         session = await state.sessions.get(principal.name, _session_id(session_id))
     except StoreUnavailable:
@@ -35,7 +35,7 @@ async def get_session(session_id: str, request: Request) -> Response:
 @router.delete("/v1/sessions/{session_id}", response_model=None)
 async def delete_session(session_id: str, request: Request) -> Response:
     state = gateway_state(request)
-    principal = await state.access.admit(request.headers)
+    principal = state.access.identify(request.headers)
     try:
         deleted = await state.sessions.delete(principal.name, _session_id(session_id))
     except StoreUnavailable:
