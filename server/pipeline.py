@@ -371,24 +371,36 @@ class Pipeline:
         deadline: float,
     ) -> AsyncIterator[bytes]:
         status = 200
-        event = first
+        data = first
+        pending = b""
         try:
-            while event:
-                if b'"usage"' in event and not event.startswith(_DONE):
-                    forward = self._usage_event(event, outcome, strip_usage)
-                    if forward:
-                        yield event
-                else:
+            # Events that arrived together leave together: one write per read from the backend, not
+            # one per event. Nothing waits to be batched, so a token is never held back.
+            while data:
+                *events, pending = (pending + data).split(_SSE_SEPARATOR)
+                out = []
+                done = False
+                for event in events:
+                    if not event:
+                        continue
+                    if event.startswith(_DONE):
+                        out.append(event + _SSE_SEPARATOR)
+                        done = True
+                        break
+                    if b'"usage"' in event and not self._usage_event(event, outcome, strip_usage):
+                        continue
                     if b'"finish_reason":"' in event:
                         match = _FINISH_REASON.search(event)
                         outcome.finish_reason = match.group(1).decode() if match else None
-                    yield event
-                if event.startswith(_DONE):
+                    out.append(event + _SSE_SEPARATOR)
+                if out:
+                    yield b"".join(out)
+                if done:
                     await self._conclude(outcome)
                     break
                 try:
                     async with asyncio.timeout_at(deadline):
-                        event = await response.content.readuntil(_SSE_SEPARATOR)
+                        data = await response.content.readany()
                 except client.TRANSPORT_ERRORS as exc:
                     error = client.convert(exc, backend, started=True)
                     if isinstance(exc, TimeoutError):
