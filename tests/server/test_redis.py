@@ -166,3 +166,33 @@ def test_two_gateways_share_sessions_and_limits_and_restarts_lose_nothing(redis:
         finally:
             for process in processes:
                 stop_process(process)
+
+
+async def test_redis_rate_limits_are_shared_and_survive_an_outage(redis: RedisServer) -> None:
+    from redis.asyncio import Redis
+
+    from thrifty.server.errors import RateLimited
+    from thrifty.server.ratelimit import Quota, RedisRateLimiter
+
+    clients = [Redis.from_url(redis.url, socket_connect_timeout=0.25, socket_timeout=0.5) for _ in range(2)]
+    first, second = (RedisRateLimiter(c) for c in clients)  # as two gateway processes
+    quota = Quota("team", rpm=None, tpm=100)
+    now = 600.0  # the start of a minute
+    try:
+        await first.admit(quota, now)
+        await first.spend(quota, 60, now)
+        await second.admit(quota, now)
+        await second.spend(quota, 50, now)  # 110 tokens in this minute, counted across both
+        with pytest.raises(RateLimited) as refused:
+            await first.admit(quota, now + 1)
+        assert refused.value.retry_after_s == 59 and "100 tokens per minute" in refused.value.message
+        await second.admit(quota, now + 60)  # the next minute starts afresh
+
+        redis.stop()
+        strict = Quota("strict", rpm=1, tpm=None)
+        await first.admit(strict, now + 61)  # Redis is away: counted in this process instead
+        with pytest.raises(RateLimited):
+            await first.admit(strict, now + 62)
+    finally:
+        for c in clients:
+            await c.aclose()
