@@ -1,9 +1,9 @@
 """The request path shared by the completion endpoints.
 
-    client ─► [validate] ─► [Router] ─► [Budgeter] ─► [Forward + retry] ─► backend
-                              model       thinking      pick backend,
-                                          budget        breaker, timeouts
-          ◄── response / SSE stream (usage counted, errors as SSE events) ◄──
+    client ─► [key + limits] ─► [validate] ─► [Router] ─► [Session] ─► [Budgeter] ─► [Forward + retry] ─► backend
+                                               model      history,     thinking      pick backend,
+                                                          budget B     budget        breaker, timeouts
+          ◄── response / SSE stream (usage counted, errors as SSE events) ◄── [Conclude: record turn, charge key]
 
 ``Pipeline.run`` takes a validated request and returns a Starlette response. Metrics for a request are
 recorded exactly once, in ``RequestOutcome.finish``, when the last byte has been sent (or the request failed).
@@ -142,7 +142,6 @@ class Pipeline:
         self.sessions = sessions
         self.access = access
         self._timeouts = config.timeouts
-        self._backend_config = {b.name: b for b in config.backends}
 
     def begin(self, started: float) -> RequestOutcome:
         """Count the request as in flight; the returned outcome must be finished exactly once."""
@@ -161,12 +160,13 @@ class Pipeline:
         outcome.principal = principal
         body = dict(body)
         extension = body.pop("thrifty", None) or {}  # the gateway's own field never reaches backends
+        decision = await self._route(endpoint, body, headers)
+        # After routing, so that a request for an unknown model leaves no session behind.
         context = await self.sessions.begin(principal.name, headers, body, extension.get("budget"))
         outcome.session = context
         outcome.headers["x-thrifty-session"] = context.id
         if context.degraded:
             outcome.headers["x-thrifty-session-state"] = "unavailable"
-        decision = await self._route(endpoint, body, headers)
         outcome.model = decision.model
         outcome.headers["x-thrifty-model"] = decision.model
         if decision.policy:

@@ -91,11 +91,13 @@ class RedisSessionStore(SessionStore):
         super().__init__(ttl_s, history)
         self.max_turns = max_turns
         # One quick retry covers a connection that went stale (e.g. Redis restarted); no backoff, so a
-        # Redis that is really gone is noticed at once.
+        # Redis that is really gone is noticed at once (a refused connection fails immediately). The
+        # timeouts leave room for a busy event loop: a reply that waits behind 50 other requests on a
+        # loaded machine is late, not lost, and must not take sessions offline.
         self.redis: Redis = Redis.from_url(
             url,
-            socket_connect_timeout=0.25,
-            socket_timeout=0.5,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
             retry=Retry(NoBackoff(), 1),
             retry_on_timeout=False,
         )
