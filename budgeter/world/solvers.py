@@ -1,0 +1,111 @@
+"""The solvers' architectures and training plans, read from ``solvers.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+SPEC_FILE = Path(__file__).with_name("solvers.yaml")
+HEAD_DIM = 64
+MAX_POSITIONS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class SolverSpec:
+    name: str
+    architecture: str  # "qwen3" (dense) or "qwen3_moe"
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int = 0
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
+    router_aux_loss: float = 0.0
+    price: dict[str, float] = field(default_factory=lambda: {"input": 0.0, "output": 0.0})  # USD per 1M tokens
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("qwen3", "qwen3_moe"):
+            raise ValueError(f"solver {self.name}: architecture must be qwen3 or qwen3_moe")
+        if self.hidden != self.heads * HEAD_DIM:
+            raise ValueError(f"solver {self.name}: hidden must be heads × {HEAD_DIM} (vLLM CPU needs head_dim 64)")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"solver {self.name}: heads must be a multiple of kv_heads")
+        if self.architecture == "qwen3_moe" and not (self.experts >= 2 and 0 < self.experts_per_token <= self.experts):
+            raise ValueError(f"solver {self.name}: a mixture of experts needs experts ≥ 2 and 1 ≤ top-k ≤ experts")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price["input"] + completion_tokens * self.price["output"]) / 1e6
+
+    @property
+    def is_moe(self) -> bool:
+        return self.architecture == "qwen3_moe"
+
+    def model_config(self, vocab_size: int, eos_token_id: int, pad_token_id: int) -> PretrainedConfig:
+        common: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": HEAD_DIM,
+            "max_position_embeddings": MAX_POSITIONS,
+            "tie_word_embeddings": True,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+            "bos_token_id": None,
+        }
+        if self.is_moe:
+            from transformers import Qwen3MoeConfig
+
+            return Qwen3MoeConfig(
+                **common,
+                intermediate_size=self.expert_intermediate,
+                moe_intermediate_size=self.expert_intermediate,
+                num_experts=self.experts,
+                num_experts_per_tok=self.experts_per_token,
+                norm_topk_prob=True,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+                output_router_logits=True,
+                router_aux_loss_coef=self.router_aux_loss,
+            )
+        from transformers import Qwen3Config
+
+        return Qwen3Config(**common, intermediate_size=self.intermediate)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPlan:
+    steps: int
+    minutes: float
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    truncated_fraction: float
+    train_problems: int | None
+    checkpoint_every_s: float
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.minutes <= 0:
+            raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and minutes > 0")
+        if not 0 <= self.truncated_fraction < 1:
+            raise ValueError("truncated_fraction must be in [0, 1)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def load_specs(path: Path = SPEC_FILE) -> tuple[dict[str, SolverSpec], dict[str, TrainingPlan]]:
+    data = yaml.safe_load(path.read_text())
+    specs = {name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()}
+    plans = {name: TrainingPlan(**values) for name, values in data["training"].items()}
+    return specs, plans

@@ -1,0 +1,243 @@
+"""Train one solver from scratch on the world's training chains: resumable, with a progress bar.
+
+Each example is one turn: the conversation so far (earlier answers only, as the chat template shows
+them) and the worked scratchpad with the answer. A fraction of examples have their thinking cut at a
+random point and ``</think>`` forced right there, as vLLM's thinking budget does; in those the loss
+covers only the answer, so the model learns to answer from partial thinking without learning to stop
+thinking early by itself.
+
+Checkpoints (model, AdamW state as safetensors, progress as JSON) are written atomically every
+``checkpoint_every_s``; a restarted job continues from the last one. The batch of step ``s`` depends
+only on the seed and ``s``, so a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thrifty.budgeter.world.chains import Chain
+from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer, completion, messages_for, render_prompt
+from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    prompt: list[int]
+    scratchpad: list[int]
+    tail: list[int]  # "\n</think>\n\n<answer><|im_end|>"
+    answer: list[int]  # "\n\n<answer><|im_end|>", what follows a forced </think>
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.scratchpad) + len(self.tail)
+
+
+def make_examples(chains: list[Chain], tokenizer: PreTrainedTokenizerFast) -> list[Example]:
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    examples = []
+    for chain in chains:
+        for turn, step in enumerate(chain.steps):
+            full = completion(step.scratchpad, step.value)
+            tail = full[len(step.scratchpad) :]
+            answer = tail[len(f"\n{THINK_END}") :]
+            examples.append(
+                Example(ids(render_prompt(messages_for(chain, turn))), ids(step.scratchpad), ids(tail), ids(answer))
+            )
+    return examples
+
+
+def _sequence(example: Example, cut: int | None, think_end: int) -> tuple[list[int], list[int]]:
+    if cut is None:
+        ids = example.prompt + example.scratchpad + example.tail
+        labels = [IGNORE] * len(example.prompt) + example.scratchpad + example.tail
+    else:
+        forced = example.prompt + example.scratchpad[:cut] + [think_end]
+        ids = forced + example.answer
+        labels = [IGNORE] * len(forced) + example.answer
+    return ids, labels
+
+
+class Batches:
+    """Step → batch, deterministic: examples of similar length are drawn together to waste less padding."""
+
+    def __init__(self, examples: list[Example], plan: TrainingPlan, seed: int, think_end: int, pad: int) -> None:
+        self.examples = sorted(examples, key=len)
+        self.plan = plan
+        self.seed = seed
+        self.think_end = think_end
+        self.pad = pad
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        rng = random.Random(self.seed * 1_000_003 + step)
+        size = self.plan.batch_size
+        window = min(len(self.examples), size * 8)
+        start = rng.randrange(len(self.examples) - window + 1)
+        chosen = [self.examples[start + rng.randrange(window)] for _ in range(size)]
+        rows = []
+        for example in chosen:
+            cut = None
+            if rng.random() < self.plan.truncated_fraction:
+                cut = rng.randrange(len(example.scratchpad) + 1)
+            rows.append(_sequence(example, cut, self.think_end))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((size, width), self.pad, dtype=torch.long)
+        labels = torch.full((size, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((size, width), dtype=torch.long)
+        for i, (ids, target) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(target)] = torch.tensor(target)
+            mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def _learning_rate(plan: TrainingPlan, step: int) -> float:
+    if step < plan.warmup_steps:
+        return plan.learning_rate * (step + 1) / plan.warmup_steps
+    progress = (step - plan.warmup_steps) / max(1, plan.steps - plan.warmup_steps)
+    return plan.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# --- checkpoints: safetensors and JSON only ----------------------------------------------------------
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{key}": value for index, entry in state["state"].items() for key, value in entry.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "optimizer.safetensors")
+    (folder / "optimizer_groups.json").write_text(json.dumps(state["param_groups"]))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "optimizer.safetensors")
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = json.loads((folder / "optimizer_groups.json").read_text())
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _save_checkpoint(
+    model: PreTrainedModel, optimizer: torch.optim.Optimizer, progress: dict[str, Any], folder: Path
+) -> None:
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    _save_optimizer(optimizer, partial)
+    (partial / "progress.json").write_text(json.dumps(progress))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    partial.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_solver(
+    spec: SolverSpec,
+    plan: TrainingPlan,
+    chains: list[Chain],
+    out: Path,
+    seed: int,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train ``spec`` into ``out`` (a Hugging Face folder) and return its training record."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    think_end = tokenizer.convert_tokens_to_ids(THINK_END)
+    config = spec.model_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    checkpoint = out.with_name(out.name + "." + CHECKPOINT)
+    progress: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "losses": []}
+    if (checkpoint / "progress.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        logger.info("resuming %s at step %d", spec.name, progress["step"])
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay, betas=(0.9, 0.98)
+    )
+    if progress["step"]:
+        _load_optimizer(optimizer, checkpoint)
+    batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, tokenizer.pad_token_id)
+    budget_s = plan.minutes * 60
+    started = time.monotonic() - progress["elapsed_s"]
+    last_checkpoint = time.monotonic()
+    bar = tqdm(total=plan.steps, initial=progress["step"], desc=f"train {spec.name}", disable=not progress_bar)
+    window: list[float] = []
+    stopped_by = "steps"
+    while progress["step"] < plan.steps:
+        if time.monotonic() - started >= budget_s:
+            stopped_by = "time"
+            break
+        step = progress["step"]
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(plan, step)
+        loss = model(**batches(step)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(float(loss))
+        progress["step"] = step + 1
+        progress["elapsed_s"] = time.monotonic() - started
+        if len(window) == 20 or progress["step"] == plan.steps:
+            progress["losses"].append([progress["step"], sum(window) / len(window)])
+            bar.set_postfix(loss=f"{progress['losses'][-1][1]:.3f}")
+            window = []
+        bar.update(1)
+        if time.monotonic() - last_checkpoint >= plan.checkpoint_every_s:
+            _save_checkpoint(model, optimizer, progress, checkpoint)
+            last_checkpoint = time.monotonic()
+    bar.close()
+    model.eval()
+    model.config.use_cache = True
+    if spec.is_moe:
+        model.config.output_router_logits = False  # serving needs only the tokens
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    record = {
+        "solver": spec.name,
+        "architecture": spec.architecture,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": progress["step"],
+        "planned_steps": plan.steps,
+        "stopped_by": stopped_by,
+        "train_seconds": round(progress["elapsed_s"], 1),
+        "final_loss": progress["losses"][-1][1] if progress["losses"] else None,
+        "losses": progress["losses"],
+        "examples": len(batches.examples),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return record
