@@ -32,6 +32,9 @@ models_app = typer.Typer(help="Models that thrifty prepares itself.", no_args_is
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys for clients.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+world_app = typer.Typer(help="The reasoning world: GSM8K calculator chains and the solvers trained on them.",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
 
@@ -75,6 +78,38 @@ def keys_create(
     typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
     typer.echo("config line (under auth.keys):")
     typer.echo(f"  - {{name: {name}, sha256: {hash_key(key)}{limits}}}")
+
+
+@world_app.command("build")
+def world_build(
+    out: Annotated[Path, typer.Option("--out", help="output folder (resumes a build found there)")] = Path("data/world"),
+    data: Annotated[Path, typer.Option("--data", help="folder with gsm8k_{train,test}.jsonl")] = Path(
+        "../shared/data/multiturn"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="tiny solvers and a small evaluation (minutes)")] = False,
+    solvers: Annotated[str | None, typer.Option(help="comma-separated solver names (default: all)")] = None,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
+) -> None:
+    """Make the chains, train the solvers, evaluate them through vLLM and write the report and manifest."""
+    from thrifty.budgeter.world.build import BuildError, BuildOptions, build_world
+    from thrifty.server.backends.launcher import LaunchError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress bars
+    names = tuple(n.strip() for n in solvers.split(",") if n.strip()) if solvers else None
+    options = BuildOptions(data_dir=data, out=out, quick=quick, seed=seed, solvers=names)
+    try:
+        manifest = build_world(options, fresh=fresh)
+    except (BuildError, LaunchError) as exc:
+        raise _fail(str(exc)) from None
+    for name, metrics in manifest["metrics"].items():
+        unlimited = metrics.get("none") or next(reversed(metrics.values()))
+        typer.echo(
+            f"{name}: turn accuracy {unlimited['turn_accuracy']:.3f}, problem accuracy "
+            f"{unlimited['problem_accuracy']:.3f} (thinking not limited)"
+        )
+    typer.echo(f"world ready: {out / 'manifest.json'}; results: {out / 'report' / 'RESULTS.md'}")
 
 
 def _is_loopback(host: str) -> bool:

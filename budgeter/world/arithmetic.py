@@ -127,6 +127,8 @@ def multiply(a: Decimal, b: Decimal) -> tuple[Decimal, list[str]]:
     steps: list[str] = []
     partials: list[int] = []
     rows = [(shift, int(ch)) for shift, ch in enumerate(reversed(y)) if ch != "0"]
+    if not rows:  # a factor of zero
+        steps.append(f"0*{x}=0")
     for shift, digit in rows:
         value, row = _row(x, digit)
         steps.extend(row)
@@ -189,25 +191,24 @@ OPERATIONS = {"+": add, "-": subtract, "*": multiply, "/": divide}
 def _next_operation(tokens: list[Token]) -> int:
     """Index of the operator to apply next: innermost brackets first, then * and /, then + and -."""
     start, end = 0, len(tokens)
-    depth = best_depth = 0
-    for i, token in enumerate(tokens):
-        if token == "(":
-            depth += 1
-            if depth > best_depth:
-                best_depth, start = depth, i + 1
-        elif token == ")":
-            if depth == best_depth and start <= i:
-                end = i
-                break
-            depth -= 1
-    if best_depth and end == len(tokens):
-        end = next(i for i in range(start, len(tokens)) if tokens[i] == ")")
-    span = range(start, end)
+    if ")" in tokens:  # the first closing bracket ends an innermost group
+        end = tokens.index(")")
+        start = max(i for i in range(end) if tokens[i] == "(") + 1
     for group in ("*/", "+-"):
-        for i in span:
+        for i in range(start, end):
             if tokens[i] in group and len(tokens[i]) == 1:
                 return i
     raise ExpressionError("no operator left")
+
+
+def _check_brackets(tokens: list[Token]) -> None:
+    depth = 0
+    for token in tokens:
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ExpressionError("unbalanced brackets")
 
 
 def _drop_brackets(tokens: list[Token]) -> list[Token]:
@@ -240,6 +241,7 @@ def work(expression: list[Token], names: dict[str, Decimal]) -> Worked:
         tokens = [fmt(names[t]) if t.startswith("x") else t for t in expression]
     except KeyError as exc:
         raise ExpressionError(f"unknown name {exc.args[0]}") from exc
+    _check_brackets(tokens)
     tokens = _drop_brackets(tokens)
     lines = ["".join(tokens)]
     operations = operators = 0

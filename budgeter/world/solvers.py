@@ -104,8 +104,30 @@ class TrainingPlan:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def load_specs(path: Path = SPEC_FILE) -> tuple[dict[str, SolverSpec], dict[str, TrainingPlan]]:
+@dataclass(frozen=True, slots=True)
+class EvaluationPlan:
+    problems: int
+    budgets: tuple[int | None, ...]
+
+    def __post_init__(self) -> None:
+        if self.problems < 1 or not self.budgets or any(b is not None and b < 0 for b in self.budgets):
+            raise ValueError("an evaluation plan needs problems ≥ 1 and budgets that are null or ≥ 0")
+
+
+@dataclass(frozen=True, slots=True)
+class WorldSpec:
+    solvers: dict[str, SolverSpec]
+    training: dict[str, TrainingPlan]
+    evaluation: dict[str, EvaluationPlan]
+
+
+def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
     data = yaml.safe_load(path.read_text())
-    specs = {name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()}
-    plans = {name: TrainingPlan(**values) for name, values in data["training"].items()}
-    return specs, plans
+    return WorldSpec(
+        solvers={name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()},
+        training={name: TrainingPlan(**values) for name, values in data["training"].items()},
+        evaluation={
+            name: EvaluationPlan(values["problems"], tuple(values["budgets"]))
+            for name, values in data["evaluation"].items()
+        },
+    )

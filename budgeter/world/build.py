@@ -1,0 +1,280 @@
+"""``thrifty world build``: data → train each solver → evaluate each through vLLM → report → manifest.
+
+Everything lands in one output folder::
+
+    data/{train,test}.jsonl  data/stats.json      the chains, and what was left out of GSM8K and why
+    solvers/<name>/                               Hugging Face folders vLLM serves (+ training.json)
+    eval/<name>.jsonl                             one record per (turn, budget)
+    eval/router_log.jsonl                         the router's evaluation log (format: README, "world")
+    report/RESULTS.md, report/*.png, report/summary.json
+    manifest.json                                 written last: its presence means the build is complete
+
+Each stage's output is written atomically and recorded in ``state.json``; a rerun skips finished
+stages (and a solver's training resumes from its last checkpoint), so an interrupted build continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thrifty.budgeter.world.chains import Chain, build_chains
+from thrifty.budgeter.world.evaluate import TurnResult
+from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
+
+logger = logging.getLogger(__name__)
+
+KIND = "thrifty.world"
+VERSION = 1
+SPLITS = {"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"}
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    data_dir: Path  # holds gsm8k_{train,test}.jsonl
+    out: Path
+    quick: bool = False
+    seed: int = 0
+    solvers: tuple[str, ...] | None = None  # default: every solver in solvers.yaml
+    progress: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def read_chains(path: Path) -> list[Chain]:
+    return [Chain.from_json(json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def read_results(path: Path) -> list[TurnResult]:
+    return [TurnResult(**json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+class WorldBuild:
+    def __init__(self, options: BuildOptions, spec: WorldSpec | None = None) -> None:
+        self.options = options
+        self.spec = spec or load_specs()
+        self.out = options.out
+        self.plan = self.spec.training[options.mode]
+        self.evaluation = self.spec.evaluation[options.mode]
+        names = options.solvers or tuple(self.spec.solvers)
+        unknown = [n for n in names if n not in self.spec.solvers]
+        if unknown:
+            raise BuildError(f"unknown solver(s) {', '.join(unknown)}; known: {', '.join(self.spec.solvers)}")
+        self.names = names
+        self.settings = {"mode": options.mode, "seed": options.seed, "solvers": list(names)}
+
+    # --- bookkeeping -------------------------------------------------------------------------------
+
+    @property
+    def _state_path(self) -> Path:
+        return self.out / "state.json"
+
+    def _state(self) -> dict[str, Any]:
+        if self._state_path.exists():
+            state: dict[str, Any] = json.loads(self._state_path.read_text())
+            if state["settings"] != self.settings:
+                raise BuildError(
+                    f"{self.out} holds a build with other settings ({state['settings']}); "
+                    "use another --out folder, or --fresh to start over"
+                )
+            return state
+        return {"settings": self.settings, "done": {}}
+
+    def _stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        state = self._state()
+        if name in state["done"]:
+            logger.info("%s: already done", name)
+            return dict(state["done"][name])
+        started = time.monotonic()
+        record = run()
+        record["seconds"] = round(time.monotonic() - started, 1)
+        state = self._state()
+        state["done"][name] = record
+        _write_atomic(self._state_path, json.dumps(state, indent=1))
+        return record
+
+    # --- stages ------------------------------------------------------------------------------------
+
+    def _data(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for split, file_name in SPLITS.items():
+            source = self.options.data_dir / file_name
+            if not source.is_file():
+                raise BuildError(f"{source} is missing: point --data at the folder with GSM8K's jsonl files")
+            with source.open() as lines:
+                chains, dropped = build_chains(lines, split)
+            steps = [s for c in chains for s in c.steps]
+            stats[split] = {
+                "source": str(source),
+                "sha256": sha256(source),
+                "problems": len(chains),
+                "dropped": dict(dropped),
+                "turns": len(steps),
+                "buckets": dict(Counter(s.bucket for s in steps)),
+                "turns_per_problem": dict(sorted(Counter(len(c.steps) for c in chains).items())),
+            }
+            _write_atomic(self.out / "data" / f"{split}.jsonl", _jsonl([c.to_json() for c in chains]))
+        _write_atomic(self.out / "data" / "stats.json", json.dumps(stats, indent=1))
+        return stats
+
+    def _train(self, name: str) -> dict[str, Any]:
+        from thrifty.budgeter.world.training import train_solver
+
+        chains = read_chains(self.out / "data" / "train.jsonl")
+        if self.plan.train_problems is not None:
+            chains = chains[: self.plan.train_problems]
+        folder = self.out / "solvers" / name
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without a recorded stage is a torn write
+        record = train_solver(self.spec.solvers[name], self.plan, chains, folder, self.options.seed,
+                              progress_bar=self.options.progress)
+        record.pop("losses")
+        return record
+
+    def _evaluate(self, name: str) -> dict[str, Any]:
+        from thrifty.budgeter.world.evaluate import evaluate_solver
+
+        chains = read_chains(self.out / "data" / "test.jsonl")[: self.evaluation.problems]
+        results = evaluate_solver(
+            self.out / "solvers" / name, self.spec.solvers[name], chains, self.evaluation.budgets,
+            self.out, progress=self.options.progress,
+        )
+        _write_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
+        return {"records": len(results)}
+
+    def _report(self) -> dict[str, Any]:
+        from thrifty.budgeter.world.report import plot, results_page, summarize
+
+        results = {name: read_results(self.out / "eval" / f"{name}.jsonl") for name in self.names}
+        summaries = {name: summarize(rows) for name, rows in results.items()}
+        training = {
+            name: json.loads((self.out / "solvers" / name / "training.json").read_text()) for name in self.names
+        }
+        folder = self.out / "report"
+        folder.mkdir(parents=True, exist_ok=True)
+        plots = plot(summaries, folder)
+        stats = json.loads((self.out / "data" / "stats.json").read_text())
+        header = [
+            "# The reasoning world: GSM8K calculator chains and tiny thinking solvers",
+            "",
+            f"Built with `thrifty world build{' --quick' if self.options.quick else ''}` (seed {self.options.seed}) "
+            f"on {platform.machine()} with {os.cpu_count()} CPU cores; evaluated through vLLM's "
+            "`thinking_token_budget`, greedy, gold history.",
+            "",
+            f"Data: {stats['train']['problems']} training and {stats['test']['problems']} test problems kept "
+            f"({stats['train']['turns']} / {stats['test']['turns']} turns); the first "
+            f"{self.evaluation.problems} test problems are evaluated. Test bucket mix: {stats['test']['buckets']}.",
+        ]
+        _write_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
+        _write_atomic(folder / "summary.json", json.dumps(summaries, indent=1))
+        log = [self._router_record(r) for name in self.names for r in results[name] if r.budget is None]
+        _write_atomic(self.out / "eval" / "router_log.jsonl", _jsonl(log))
+        return {"plots": plots, "router_log_records": len(log)}
+
+    @staticmethod
+    def _router_record(result: TurnResult) -> dict[str, Any]:
+        return {
+            "query": result.query,
+            "model": result.solver,
+            "score": 1.0 if result.correct else 0.0,
+            "cost": result.cost,
+            "task": result.task,
+            "bucket": result.bucket,
+            "problem": result.problem,
+            "turn": result.turn,
+            "tokens": {
+                "prompt": result.prompt_tokens,
+                "completion": result.completion_tokens,
+                "reasoning": result.thinking_tokens,
+            },
+        }
+
+    # --- the whole build ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "manifest.json").unlink(missing_ok=True)
+        records: dict[str, Any] = {"data": self._stage("data", self._data)}
+        for name in self.names:
+            records[f"train:{name}"] = self._stage(f"train:{name}", lambda n=name: self._train(n))
+        for name in self.names:
+            records[f"eval:{name}"] = self._stage(f"eval:{name}", lambda n=name: self._evaluate(n))
+        records["report"] = self._stage("report", self._report)
+        manifest = self._manifest(records)
+        _write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1))
+        return manifest
+
+    def _files(self, folder: Path) -> Iterator[tuple[str, str]]:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                yield str(path.relative_to(self.out)), sha256(path)
+
+    def _manifest(self, records: dict[str, Any]) -> dict[str, Any]:
+        summary = json.loads((self.out / "report" / "summary.json").read_text())
+        solvers = {}
+        for name in self.names:
+            spec = self.spec.solvers[name]
+            solvers[name] = {
+                "path": f"solvers/{name}",
+                "architecture": spec.architecture,
+                "price_per_million_tokens": spec.price,
+                "training": records[f"train:{name}"],
+            }
+        return {
+            "kind": KIND,
+            "version": VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings": self.settings,
+            "inputs": {
+                split: {"path": records["data"][split]["source"], "sha256": records["data"][split]["sha256"]}
+                for split in SPLITS
+            } | {"solvers.yaml": {"path": str(SPEC_FILE), "sha256": sha256(SPEC_FILE)}},
+            "training_plan": self.plan.to_json(),
+            "evaluation_plan": {"problems": self.evaluation.problems, "budgets": list(self.evaluation.budgets)},
+            "data": {split: {k: v for k, v in records["data"][split].items() if k != "sha256"} for split in SPLITS},
+            "solvers": solvers,
+            "metrics": summary,
+            "files": dict(
+                item for folder in ("data", "solvers", "eval", "report") for item in self._files(self.out / folder)
+            ),
+        }
+
+
+def build_world(options: BuildOptions, fresh: bool = False) -> dict[str, Any]:
+    if fresh and options.out.exists():
+        shutil.rmtree(options.out)
+    return WorldBuild(options).run()

@@ -1,0 +1,160 @@
+"""Evaluate solvers through vLLM: accuracy per turn as a function of the thinking budget.
+
+Each solver is served by its own vLLM CPU process (thrifty's launcher, DeepSeek-R1 reasoning parser),
+and every test turn is asked once per budget with ``thinking_token_budget`` set, greedy decoding, and
+the gold history (earlier turns' correct answers). A problem is solved when all its turns are: with all
+earlier turns right the gold history *is* the model's own, so that equals solving it turn by turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from thrifty.budgeter.world.chains import Chain
+from thrifty.budgeter.world.chat_format import messages_for
+from thrifty.budgeter.world.solvers import SolverSpec
+from thrifty.budgeter.world.verify import verify
+
+ANSWER_ALLOWANCE = 24  # tokens after </think>: a number and <|im_end|>
+UNLIMITED_THINKING = 640  # more than the longest scratchpad in GSM8K (≈ 400 bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    solver: str
+    problem: str
+    turn: int
+    bucket: str
+    task: str
+    query: str
+    budget: int | None  # None: thinking not limited
+    correct: bool
+    thinking_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_s: float
+    reply: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def task_of(prompt: str) -> str:
+    """The task label the router's per-task baseline sees: which operators the step uses."""
+    names = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+    expression = prompt.split("=", 1)[1]
+    return "+".join(sorted({names[c] for c in expression if c in names})) or "copy"
+
+
+def request_body(model: str, messages: list[dict[str, str]], budget: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": 0.0,
+        "max_tokens": (UNLIMITED_THINKING if budget is None else budget) + ANSWER_ALLOWANCE,
+    }
+    if budget is not None:
+        body["thinking_token_budget"] = budget
+    return body
+
+
+async def _ask(
+    client: httpx.AsyncClient, spec: SolverSpec, chain: Chain, turn: int, budget: int | None, gate: asyncio.Semaphore
+) -> TurnResult:
+    step = chain.steps[turn]
+    async with gate:
+        started = time.perf_counter()
+        response = await client.post(
+            "/v1/chat/completions", json=request_body(spec.name, messages_for(chain, turn), budget)
+        )
+        latency = time.perf_counter() - started
+    response.raise_for_status()
+    data = response.json()
+    message = data["choices"][0]["message"]
+    reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+    usage = data["usage"]
+    return TurnResult(
+        solver=spec.name,
+        problem=chain.id,
+        turn=turn,
+        bucket=step.bucket,
+        task=task_of(step.prompt),
+        query=step.prompt,
+        budget=budget,
+        correct=verify(message.get("content"), step.value),
+        thinking_tokens=len(reasoning.encode()),  # byte-level tokenizer: one token per byte
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        cost=spec.cost(usage["prompt_tokens"], usage["completion_tokens"]),
+        latency_s=round(latency, 4),
+        reply=(f"<think>{reasoning}</think>" if reasoning else "") + (message.get("content") or ""),
+    )
+
+
+async def ask_all(
+    base_url: str,
+    spec: SolverSpec,
+    chains: Sequence[Chain],
+    budgets: Sequence[int | None],
+    concurrency: int = 32,
+    progress: bool = True,
+) -> list[TurnResult]:
+    from tqdm import tqdm
+
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(300.0), limits=limits) as client:
+        jobs = [
+            _ask(client, spec, chain, turn, budget, gate)
+            for budget in budgets
+            for chain in chains
+            for turn in range(len(chain.steps))
+        ]
+        results = []
+        with tqdm(total=len(jobs), desc=f"evaluate {spec.name}", disable=not progress) as bar:
+            for future in asyncio.as_completed(jobs):
+                results.append(await future)
+                bar.update(1)
+    return sorted(results, key=lambda r: (r.budget is None, r.budget or 0, r.problem, r.turn))
+
+
+def evaluate_solver(
+    folder: Path,
+    spec: SolverSpec,
+    chains: Sequence[Chain],
+    budgets: Sequence[int | None],
+    work_dir: Path,
+    progress: bool = True,
+) -> list[TurnResult]:
+    """Serve ``folder`` with vLLM, ask every turn at every budget, stop the server."""
+    from thrifty.server.backends.launcher import VllmProcess, free_port
+    from thrifty.server.config import BackendConfig, LaunchConfig
+
+    backend = BackendConfig(
+        name=spec.name,
+        model=spec.name,
+        reasoning=True,
+        launch=LaunchConfig(
+            model_path=str(folder),
+            port=free_port(),
+            reasoning_parser="deepseek_r1",
+            dtype="float32",
+            max_model_len=2048,
+            startup_timeout_s=400,
+        ),
+    )
+    process = VllmProcess(backend, work_dir)
+    process.start()
+    try:
+        process.wait_ready()
+        return asyncio.run(ask_all(backend.base_url, spec, chains, budgets, progress=progress))
+    finally:
+        process.stop()

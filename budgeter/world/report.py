@@ -1,0 +1,128 @@
+"""Summaries, plots and the results page of a world build."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from thrifty.budgeter.world.chains import BUCKETS
+from thrifty.budgeter.world.evaluate import UNLIMITED_THINKING, TurnResult
+
+BUCKET_NAMES = [name for name, _ in BUCKETS]
+
+
+def budget_label(budget: int | None) -> str:
+    return "none" if budget is None else str(budget)
+
+
+def summarize(results: Iterable[TurnResult]) -> dict[str, Any]:
+    """Per budget: turn accuracy overall and per bucket, problem accuracy, mean thinking tokens and cost."""
+    by_budget: dict[int | None, list[TurnResult]] = defaultdict(list)
+    for result in results:
+        by_budget[result.budget].append(result)
+    summary: dict[str, Any] = {}
+    for budget, rows in sorted(by_budget.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        problems: dict[str, bool] = {}
+        for row in rows:
+            problems[row.problem] = problems.get(row.problem, True) and row.correct
+        buckets = {}
+        for name in BUCKET_NAMES:
+            picked = [r for r in rows if r.bucket == name]
+            if picked:
+                buckets[name] = {"accuracy": sum(r.correct for r in picked) / len(picked), "turns": len(picked)}
+        summary[budget_label(budget)] = {
+            "turn_accuracy": sum(r.correct for r in rows) / len(rows),
+            "problem_accuracy": sum(problems.values()) / len(problems),
+            "turns": len(rows),
+            "problems": len(problems),
+            "buckets": buckets,
+            "mean_thinking_tokens": sum(r.thinking_tokens for r in rows) / len(rows),
+            "mean_cost_per_turn": sum(r.cost for r in rows) / len(rows),
+        }
+    return summary
+
+
+def _x(label: str) -> float:
+    return float(UNLIMITED_THINKING if label == "none" else max(int(label), 1))
+
+
+def plot(summaries: dict[str, dict[str, Any]], folder: Path) -> list[str]:
+    """Write the PNGs; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summaries)
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True, squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        labels = list(summaries[name])
+        xs = [_x(label) for label in labels]
+        axis.plot(xs, [summaries[name][b]["turn_accuracy"] for b in labels], "k-o", label="all turns")
+        for bucket, style in zip(BUCKET_NAMES, ("g--^", "b--s", "r--v"), strict=True):
+            ys = [summaries[name][b]["buckets"].get(bucket, {}).get("accuracy") for b in labels]
+            axis.plot(xs, [float("nan") if y is None else y for y in ys], style, label=bucket, alpha=0.85)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(xs, labels)
+        axis.set_title(name)
+        axis.set_xlabel("thinking_token_budget")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("turn accuracy")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(folder / "accuracy_vs_budget.png", dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for name in names:
+        labels = list(summaries[name])
+        axis.plot([_x(b) for b in labels], [summaries[name][b]["problem_accuracy"] for b in labels], "-o", label=name)
+    axis.set_xscale("log", base=2)
+    labels = list(summaries[names[0]])
+    axis.set_xticks([_x(b) for b in labels], labels)
+    axis.set_xlabel("thinking_token_budget (every turn)")
+    axis.set_ylabel("problem accuracy (all turns right)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(folder / "problem_accuracy.png", dpi=120)
+    plt.close(figure)
+    return ["accuracy_vs_budget.png", "problem_accuracy.png"]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def results_page(
+    summaries: dict[str, dict[str, Any]], training: dict[str, dict[str, Any]], header: Sequence[str]
+) -> str:
+    lines = list(header)
+    lines += ["", "## Solvers", "", "| solver | architecture | parameters | steps | train time (s) | final loss |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for name, record in training.items():
+        lines.append(
+            f"| {name} | {record['architecture']} | {record['parameters']:,} | {record['steps']} "
+            f"| {record['train_seconds']:.0f} | {record['final_loss']:.3f} |"
+        )
+    for name, summary in summaries.items():
+        lines += ["", f"## {name}: turn accuracy (%) by thinking budget", ""]
+        lines.append("| budget | all turns | " + " | ".join(BUCKET_NAMES) + " | problems | mean thinking tokens |")
+        lines.append("|---|---:|" + "---:|" * len(BUCKET_NAMES) + "---:|---:|")
+        for label, row in summary.items():
+            cells = [_pct(row["buckets"].get(b, {}).get("accuracy")) for b in BUCKET_NAMES]
+            lines.append(
+                f"| {label} | {_pct(row['turn_accuracy'])} | " + " | ".join(cells)
+                + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f} |"
+            )
+    lines += ["", "## Problem accuracy (%) at each static budget", ""]
+    names = list(summaries)
+    labels = list(summaries[names[0]]) if names else []
+    lines.append("| budget | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---:|" * len(names))
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(_pct(summaries[n][label]["problem_accuracy"]) for n in names) + " |")
+    lines += ["", "![accuracy vs budget](accuracy_vs_budget.png)", "", "![problem accuracy](problem_accuracy.png)", ""]
+    return "\n".join(lines)
