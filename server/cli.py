@@ -32,8 +32,9 @@ models_app = typer.Typer(help="Models that thrifty prepares itself.", no_args_is
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys for clients.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-world_app = typer.Typer(help="The reasoning world: GSM8K calculator chains and the solvers trained on them.",
-                        no_args_is_help=True)
+world_app = typer.Typer(
+    help="The reasoning world: GSM8K calculator chains and the solvers trained on them.", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
@@ -82,7 +83,9 @@ def keys_create(
 
 @world_app.command("build")
 def world_build(
-    out: Annotated[Path, typer.Option("--out", help="output folder (resumes a build found there)")] = Path("data/world"),
+    out: Annotated[Path, typer.Option("--out", help="output folder (resumes a build found there)")] = Path(
+        "data/world"
+    ),
     data: Annotated[Path, typer.Option("--data", help="folder with gsm8k_{train,test}.jsonl")] = Path(
         "../shared/data/multiturn"
     ),

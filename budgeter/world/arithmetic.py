@@ -40,7 +40,7 @@ def tokenize(text: str) -> list[Token]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            raise ExpressionError(f"unexpected {text[position:position + 8]!r} in {text!r}")
+            raise ExpressionError(f"unexpected {text[position : position + 8]!r} in {text!r}")
         number, name, op = match.groups()
         if number is not None:
             tokens.append(fmt(Decimal(number)))

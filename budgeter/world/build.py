@@ -15,6 +15,7 @@ stages (and a solver's training resumes from its last checkpoint), so an interru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,11 +27,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thrifty.budgeter.world.chains import Chain, build_chains
 from thrifty.budgeter.world.evaluate import TurnResult
 from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
+from thrifty.router.eval_log import EvalRecord, write_eval_log
+
+if TYPE_CHECKING:
+    from thrifty.server.backends.launcher import VllmProcess
 
 logger = logging.getLogger(__name__)
 
@@ -160,18 +165,18 @@ class WorldBuild:
             chains = chains[: self.plan.train_problems]
         folder = self.out / "solvers" / name
         shutil.rmtree(folder, ignore_errors=True)  # a folder without a recorded stage is a torn write
-        record = train_solver(self.spec.solvers[name], self.plan, chains, folder, self.options.seed,
-                              progress_bar=self.options.progress)
+        record = train_solver(
+            self.spec.solvers[name], self.plan, chains, folder, self.options.seed, progress_bar=self.options.progress
+        )
         record.pop("losses")
         return record
 
-    def _evaluate(self, name: str) -> dict[str, Any]:
-        from thrifty.budgeter.world.evaluate import evaluate_solver
+    def _evaluate(self, name: str, servers: dict[str, VllmProcess]) -> dict[str, Any]:
+        from thrifty.budgeter.world.evaluate import evaluate_served
 
         chains = read_chains(self.out / "data" / "test.jsonl")[: self.evaluation.problems]
-        results = evaluate_solver(
-            self.out / "solvers" / name, self.spec.solvers[name], chains, self.evaluation.budgets,
-            self.out, progress=self.options.progress,
+        results = evaluate_served(
+            servers[name], self.spec.solvers[name], chains, self.evaluation.budgets, progress=self.options.progress
         )
         _write_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
         return {"records": len(results)}
@@ -202,26 +207,29 @@ class WorldBuild:
         _write_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
         _write_atomic(folder / "summary.json", json.dumps(summaries, indent=1))
         log = [self._router_record(r) for name in self.names for r in results[name] if r.budget is None]
-        _write_atomic(self.out / "eval" / "router_log.jsonl", _jsonl(log))
-        return {"plots": plots, "router_log_records": len(log)}
+        count = write_eval_log(self.out / "eval" / "router_log.jsonl", log)
+        return {"plots": plots, "router_log_records": count}
 
     @staticmethod
-    def _router_record(result: TurnResult) -> dict[str, Any]:
-        return {
-            "query": result.query,
-            "model": result.solver,
-            "score": 1.0 if result.correct else 0.0,
-            "cost": result.cost,
-            "task": result.task,
-            "bucket": result.bucket,
-            "problem": result.problem,
-            "turn": result.turn,
-            "tokens": {
-                "prompt": result.prompt_tokens,
-                "completion": result.completion_tokens,
-                "reasoning": result.thinking_tokens,
+    def _router_record(result: TurnResult) -> EvalRecord:
+        """The router sees each solver as it serves by default: thinking not limited."""
+        return EvalRecord(
+            query=result.query,
+            model=result.solver,
+            score=1.0 if result.correct else 0.0,
+            cost=result.cost,
+            task=result.task,
+            extra={
+                "bucket": result.bucket,
+                "problem": result.problem,
+                "turn": result.turn,
+                "tokens": {
+                    "prompt": result.prompt_tokens,
+                    "completion": result.completion_tokens,
+                    "reasoning": result.thinking_tokens,
+                },
             },
-        }
+        )
 
     # --- the whole build ---------------------------------------------------------------------------
 
@@ -230,13 +238,23 @@ class WorldBuild:
         (self.out / "manifest.json").unlink(missing_ok=True)
         records: dict[str, Any] = {"data": self._stage("data", self._data)}
         for name in self.names:
-            records[f"train:{name}"] = self._stage(f"train:{name}", lambda n=name: self._train(n))
-        for name in self.names:
-            records[f"eval:{name}"] = self._stage(f"eval:{name}", lambda n=name: self._evaluate(n))
+            records[f"train:{name}"] = self._stage(f"train:{name}", functools.partial(self._train, name))
+        records |= self._evaluate_all()
         records["report"] = self._stage("report", self._report)
         manifest = self._manifest(records)
         _write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1))
         return manifest
+
+    def _evaluate_all(self) -> dict[str, Any]:
+        from thrifty.budgeter.world.evaluate import serving
+
+        done = self._state()["done"]
+        pending = {n: (self.out / "solvers" / n, self.spec.solvers[n]) for n in self.names if f"eval:{n}" not in done}
+        records = {}
+        with serving(pending, self.out) as servers:
+            for name in self.names:
+                records[f"eval:{name}"] = self._stage(f"eval:{name}", functools.partial(self._evaluate, name, servers))
+        return records
 
     def _files(self, folder: Path) -> Iterator[tuple[str, str]]:
         for path in sorted(folder.rglob("*")):
@@ -262,7 +280,8 @@ class WorldBuild:
             "inputs": {
                 split: {"path": records["data"][split]["source"], "sha256": records["data"][split]["sha256"]}
                 for split in SPLITS
-            } | {"solvers.yaml": {"path": str(SPEC_FILE), "sha256": sha256(SPEC_FILE)}},
+            }
+            | {"solvers.yaml": {"path": str(SPEC_FILE), "sha256": sha256(SPEC_FILE)}},
             "training_plan": self.plan.to_json(),
             "evaluation_plan": {"problems": self.evaluation.problems, "budgets": list(self.evaluation.budgets)},
             "data": {split: {k: v for k, v in records["data"][split].items() if k != "sha256"} for split in SPLITS},

@@ -101,8 +101,14 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
         by_result[worked.value] = name
         prompt = f"{name} = {''.join(tokens)}"
         steps.append(
-            Step(prompt, fmt(worked.value), worked.scratchpad, worked.operations, worked.operators,
-                 bucket(worked.operations))
+            Step(
+                prompt,
+                fmt(worked.value),
+                worked.scratchpad,
+                worked.operations,
+                worked.operators,
+                bucket(worked.operations),
+            )
         )
     if not _close(Decimal(steps[-1].value), gold):
         return "last step is not the answer"

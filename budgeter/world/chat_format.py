@@ -67,7 +67,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, IM_START, IM_END)])
     core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_START, THINK_END)])
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
         eos_token=IM_END,
         pad_token=PAD,

@@ -9,18 +9,22 @@ earlier turns right the gold history *is* the model's own, so that equals solvin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-
 from thrifty.budgeter.world.chains import Chain
 from thrifty.budgeter.world.chat_format import messages_for
 from thrifty.budgeter.world.solvers import SolverSpec
 from thrifty.budgeter.world.verify import verify
+
+if TYPE_CHECKING:
+    from thrifty.server.backends.launcher import VllmProcess
+    from thrifty.server.config import BackendConfig
 
 ANSWER_ALLOWANCE = 24  # tokens after </think>: a number and <|im_end|>
 UNLIMITED_THINKING = 640  # more than the longest scratchpad in GSM8K (≈ 400 bytes)
@@ -126,35 +130,53 @@ async def ask_all(
     return sorted(results, key=lambda r: (r.budget is None, r.budget or 0, r.problem, r.turn))
 
 
-def evaluate_solver(
-    folder: Path,
-    spec: SolverSpec,
-    chains: Sequence[Chain],
-    budgets: Sequence[int | None],
-    work_dir: Path,
-    progress: bool = True,
-) -> list[TurnResult]:
-    """Serve ``folder`` with vLLM, ask every turn at every budget, stop the server."""
-    from thrifty.server.backends.launcher import VllmProcess, free_port
-    from thrifty.server.config import BackendConfig, LaunchConfig
+def solver_backend(folder: Path, spec: SolverSpec) -> BackendConfig:
+    """How thrifty's launcher serves a solver folder: DeepSeek-R1's reasoning parser, float32 like training."""
+    from thrifty.server.backends.launcher import free_port
+    from thrifty.server.config import BackendConfig, LaunchConfig, Price
 
-    backend = BackendConfig(
+    return BackendConfig(
         name=spec.name,
         model=spec.name,
         reasoning=True,
+        price=Price(input=spec.price["input"], output=spec.price["output"]),
+        context_length=2048,
         launch=LaunchConfig(
             model_path=str(folder),
             port=free_port(),
             reasoning_parser="deepseek_r1",
             dtype="float32",
             max_model_len=2048,
-            startup_timeout_s=400,
+            startup_timeout_s=600,
         ),
     )
-    process = VllmProcess(backend, work_dir)
-    process.start()
+
+
+@contextlib.contextmanager
+def serving(folders: dict[str, tuple[Path, SolverSpec]], work_dir: Path) -> Iterator[dict[str, VllmProcess]]:
+    """Start a vLLM process per solver all at once (start-up dominates small evaluations); stop them all."""
+    from thrifty.server.backends.launcher import VllmProcess
+
+    processes = {name: VllmProcess(solver_backend(folder, spec), work_dir) for name, (folder, spec) in folders.items()}
     try:
-        process.wait_ready()
-        return asyncio.run(ask_all(backend.base_url, spec, chains, budgets, progress=progress))
+        for process in processes.values():
+            process.start()
+        yield processes
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+def evaluate_served(
+    process: VllmProcess,
+    spec: SolverSpec,
+    chains: Sequence[Chain],
+    budgets: Sequence[int | None],
+    progress: bool = True,
+) -> list[TurnResult]:
+    """Wait for the solver's server, ask every turn at every budget, then stop the server."""
+    process.wait_ready()  # raises LaunchError with the end of vLLM's log if it cannot start
+    try:
+        return asyncio.run(ask_all(process.backend.base_url, spec, chains, budgets, progress=progress))
     finally:
         process.stop()

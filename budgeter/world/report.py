@@ -114,7 +114,8 @@ def results_page(
         for label, row in summary.items():
             cells = [_pct(row["buckets"].get(b, {}).get("accuracy")) for b in BUCKET_NAMES]
             lines.append(
-                f"| {label} | {_pct(row['turn_accuracy'])} | " + " | ".join(cells)
+                f"| {label} | {_pct(row['turn_accuracy'])} | "
+                + " | ".join(cells)
                 + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f} |"
             )
     lines += ["", "## Problem accuracy (%) at each static budget", ""]

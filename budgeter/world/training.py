@@ -76,6 +76,10 @@ def _sequence(example: Example, cut: int | None, think_end: int) -> tuple[list[i
     return ids, labels
 
 
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request after a checkpoint; calling ``train_solver`` again resumes it."""
+
+
 class Batches:
     """Step → batch, deterministic: examples of similar length are drawn together to waste less padding."""
 
@@ -164,8 +168,13 @@ def train_solver(
     out: Path,
     seed: int,
     progress_bar: bool = True,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec`` into ``out`` (a Hugging Face folder) and return its training record."""
+    """Train ``spec`` into ``out`` (a Hugging Face folder) and return its training record.
+
+    ``stop_at``: checkpoint and raise :class:`TrainingInterrupted` once that many steps are done, as
+    if the job had been killed there (tests use it to check that a resumed run matches a straight one).
+    """
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -174,6 +183,8 @@ def train_solver(
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     think_end = tokenizer.convert_tokens_to_ids(THINK_END)
+    if not isinstance(think_end, int):
+        raise TypeError("the tokenizer has no single </think> token")
     config = spec.model_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     checkpoint = out.with_name(out.name + "." + CHECKPOINT)
     progress: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "losses": []}
@@ -182,14 +193,14 @@ def train_solver(
         progress = json.loads((checkpoint / "progress.json").read_text())
         logger.info("resuming %s at step %d", spec.name, progress["step"])
     else:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay, betas=(0.9, 0.98)
     )
     if progress["step"]:
         _load_optimizer(optimizer, checkpoint)
-    batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, tokenizer.pad_token_id)
+    batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, int(tokenizer.pad_token_id))
     budget_s = plan.minutes * 60
     started = time.monotonic() - progress["elapsed_s"]
     last_checkpoint = time.monotonic()
@@ -208,7 +219,7 @@ def train_solver(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        window.append(float(loss))
+        window.append(loss.item())
         progress["step"] = step + 1
         progress["elapsed_s"] = time.monotonic() - started
         if len(window) == 20 or progress["step"] == plan.steps:
@@ -216,11 +227,14 @@ def train_solver(
             bar.set_postfix(loss=f"{progress['losses'][-1][1]:.3f}")
             window = []
         bar.update(1)
-        if time.monotonic() - last_checkpoint >= plan.checkpoint_every_s:
+        if time.monotonic() - last_checkpoint >= plan.checkpoint_every_s or progress["step"] == stop_at:
             _save_checkpoint(model, optimizer, progress, checkpoint)
             last_checkpoint = time.monotonic()
+        if progress["step"] == stop_at:
+            bar.close()
+            raise TrainingInterrupted(f"stopped after step {stop_at}")
     bar.close()
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     model.config.use_cache = True
     if spec.is_moe:
         model.config.output_router_logits = False  # serving needs only the tokens

@@ -170,7 +170,6 @@ def test_two_gateways_share_sessions_and_limits_and_restarts_lose_nothing(redis:
 
 async def test_redis_rate_limits_are_shared_and_survive_an_outage(redis: RedisServer) -> None:
     from redis.asyncio import Redis
-
     from thrifty.server.errors import RateLimited
     from thrifty.server.ratelimit import Quota, RedisRateLimiter
 

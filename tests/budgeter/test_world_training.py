@@ -1,0 +1,118 @@
+"""Training a solver: truncated-thinking examples, and a resumed run that equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from thrifty.budgeter.world.build import BuildError, BuildOptions, WorldBuild
+from thrifty.budgeter.world.chains import build_chains
+from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer
+from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan, load_specs
+from thrifty.budgeter.world.training import (
+    IGNORE,
+    Batches,
+    TrainingInterrupted,
+    _sequence,
+    make_examples,
+    train_solver,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiturn"
+TINY = SolverSpec("tiny", "qwen3", hidden=64, layers=1, heads=1, kv_heads=1, intermediate=96)
+TINY_MOE = SolverSpec(
+    "tiny-moe", "qwen3_moe", hidden=64, layers=1, heads=1, kv_heads=1, experts=4, experts_per_token=2,
+    expert_intermediate=32, router_aux_loss=0.01,
+)
+
+
+def _plan(**overrides: object) -> TrainingPlan:
+    values: dict[str, object] = {
+        "steps": 6, "minutes": 5, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "weight_decay": 0.01,
+        "truncated_fraction": 0.5, "train_problems": None, "checkpoint_every_s": 3600,
+    }
+    return TrainingPlan(**(values | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def chains() -> list:  # type: ignore[type-arg]
+    with (DATA / "gsm8k_train.jsonl").open() as lines:
+        found, _ = build_chains(itertools.islice(lines, 40), "train")
+    return found
+
+
+def test_a_cut_example_trains_only_the_answer_after_a_forced_think_end(chains: list) -> None:  # type: ignore[type-arg]
+    tokenizer = build_tokenizer()
+    example = make_examples(chains[:1], tokenizer)[0]
+    end = tokenizer.convert_tokens_to_ids(THINK_END)
+    ids, labels = _sequence(example, 3, end)
+    assert ids[len(example.prompt) + 3] == end
+    trained = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE]
+    assert trained == example.answer and tokenizer.decode(trained).endswith("<|im_end|>")
+    full_ids, full_labels = _sequence(example, None, end)
+    assert sum(label != IGNORE for label in full_labels) == len(example.scratchpad) + len(example.tail)
+    assert full_ids.count(end) == 1
+
+
+def test_batches_depend_only_on_seed_and_step(chains: list) -> None:  # type: ignore[type-arg]
+    tokenizer = build_tokenizer()
+    examples = make_examples(chains, tokenizer)
+    end = tokenizer.convert_tokens_to_ids(THINK_END)
+    one, two = Batches(examples, _plan(), 1, end, 0), Batches(list(examples), _plan(), 1, end, 0)
+    assert torch.equal(one(5)["input_ids"], two(5)["input_ids"])
+    assert not torch.equal(one(5)["input_ids"], one(6)["input_ids"])
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_MOE], ids=["dense", "moe"])
+def test_resumed_training_equals_uninterrupted(spec: SolverSpec, chains: list, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    straight = train_solver(spec, _plan(), chains, tmp_path / "straight", seed=3, progress_bar=False)
+    with pytest.raises(TrainingInterrupted):
+        train_solver(spec, _plan(), chains, tmp_path / "resumed", seed=3, progress_bar=False, stop_at=3)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.checkpoint" / "progress.json").exists()
+    resumed = train_solver(spec, _plan(), chains, tmp_path / "resumed", seed=3, progress_bar=False)
+    assert straight["steps"] == resumed["steps"] == 6
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not (tmp_path / "resumed.checkpoint").exists()
+    config = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert config.get("output_router_logits", False) is False
+    assert (tmp_path / "resumed" / "tokenizer.json").exists()
+
+
+def test_solver_specs_validate() -> None:
+    with pytest.raises(ValueError, match="head_dim 64"):
+        SolverSpec("x", "qwen3", hidden=100, layers=1, heads=2, kv_heads=1, intermediate=8)
+    with pytest.raises(ValueError, match="mixture"):
+        SolverSpec("x", "qwen3_moe", hidden=64, layers=1, heads=1, kv_heads=1, experts=1, experts_per_token=1)
+    spec = load_specs()
+    assert {"dense-s", "dense-m", "moe-s"} <= set(spec.solvers)
+    moe = spec.solvers["moe-s"]
+    assert moe.is_moe and moe.experts >= 8 and moe.experts_per_token == 2 and moe.router_aux_loss > 0
+
+
+def test_build_refuses_unknown_solvers_and_other_settings(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="unknown solver"):
+        WorldBuild(BuildOptions(DATA, tmp_path, solvers=("nope",)))
+    first = WorldBuild(BuildOptions(DATA, tmp_path, quick=True))
+    first._stage("data", first._data)
+    assert (tmp_path / "data" / "test.jsonl").exists()
+    with pytest.raises(BuildError, match="other settings"):
+        WorldBuild(BuildOptions(DATA, tmp_path, quick=True, seed=9))._state()
+    with pytest.raises(BuildError, match="is missing"):
+        WorldBuild(BuildOptions(tmp_path / "nowhere", tmp_path / "other", quick=True))._data()
+
+
+def test_example_config_uses_the_solver_prices() -> None:
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "world.yaml").read_text())
+    prices = {b["name"]: b["price"] for b in example["backends"]}
+    for name, spec in load_specs().solvers.items():
+        assert prices[name] == spec.price, name

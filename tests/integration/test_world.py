@@ -1,0 +1,179 @@
+"""The quick reasoning world, built for real: chains, three trained solvers, a vLLM evaluation, the report.
+
+Then the example config serves the solvers and SmolLM2 behind the gateway (``thrifty serve``, four real
+vLLM processes) and the openai SDK holds a multi-turn session against a solver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from thrifty.budgeter.world.build import sha256
+from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
+from thrifty.budgeter.world.solvers import load_specs
+from thrifty.router.eval_log import read_eval_log
+
+from tests.helpers import free_port, serve_process, stop_process, wait_ready
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get("THRIFTY_TEST_DATA_DIR", "data")).absolute()
+THRIFTY = [sys.executable, "-m", "thrifty.server.cli"]
+
+
+def _build(out: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*THRIFTY, "world", "build", "--quick", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    done = _build(out)
+    assert done.returncode == 0, f"quick world build failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return out
+
+
+def test_manifest_describes_a_complete_build(world: Path) -> None:
+    manifest = json.loads((world / "manifest.json").read_text())
+    assert manifest["kind"] == "thrifty.world" and manifest["settings"]["mode"] == "quick"
+    assert set(manifest["solvers"]) == {"dense-s", "dense-m", "moe-s"}
+    for path, digest in manifest["files"].items():
+        assert sha256(world / path) == digest, path
+    assert manifest["inputs"]["test"]["sha256"] != manifest["inputs"]["train"]["sha256"]
+    for name in ("accuracy_vs_budget.png", "problem_accuracy.png", "RESULTS.md"):
+        assert (world / "report" / name).stat().st_size > 0
+
+
+def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
+    specs = load_specs().solvers
+    for name, spec in specs.items():
+        folder = world / "solvers" / name
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architectures"] == (["Qwen3MoeForCausalLM"] if spec.is_moe else ["Qwen3ForCausalLM"])
+        assert config["hidden_size"] == spec.hidden and config["head_dim"] == 64
+        if spec.is_moe:
+            assert config["num_experts"] == 8 and config["num_experts_per_tok"] == 2
+            assert config["router_aux_loss_coef"] > 0
+        assert (folder / "model.safetensors").is_file()
+        tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+        assert "<think>" in tokenizer["chat_template"]
+        added = {t["content"]: t for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+        assert not added[THINK_START]["special"] and not added[THINK_END]["special"]
+
+
+def test_thinking_budgets_cut_thinking_in_vllm(world: Path) -> None:
+    """The quick evaluation went through vLLM: budget 0 means no thinking, 64 means at most 64 tokens."""
+    for name in ("dense-s", "dense-m", "moe-s"):
+        rows = [json.loads(line) for line in (world / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        by_budget: dict[object, list[int]] = {}
+        for row in rows:
+            by_budget.setdefault(row["budget"], []).append(row["thinking_tokens"])
+        assert set(by_budget) == {0, 64, None}
+        assert max(by_budget[0]) == 0, name
+        assert 0 < max(by_budget[64]) <= 64, name
+        assert sum(by_budget[None]) > sum(by_budget[64]) > sum(by_budget[0]), name
+
+
+def test_router_log_uses_the_shared_format(world: Path) -> None:
+    records = list(read_eval_log(world / "eval" / "router_log.jsonl"))
+    turns = sum(
+        len(json.loads(line)["steps"]) for line in (world / "data" / "test.jsonl").read_text().splitlines()[:10]
+    )
+    assert len(records) == 3 * turns
+    assert {r.model for r in records} == {"dense-s", "dense-m", "moe-s"}
+    assert all(r.score in (0.0, 1.0) and r.cost > 0 and r.task for r in records)
+    assert {"bucket", "problem", "turn", "tokens"} <= set(records[0].extra)
+
+
+def test_rerun_resumes_and_other_settings_are_refused(world: Path) -> None:
+    again = _build(world, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already done" in again.stderr
+    other = subprocess.run(
+        [*THRIFTY, "world", "build", "--out", str(world), "--seed", "7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+@pytest.fixture(scope="module")
+def gateway(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """examples/world.yaml, pointed at the quick world and at free ports."""
+    config = yaml.safe_load((ROOT / "examples" / "world.yaml").read_text())
+    config["data_dir"] = str(DATA_DIR)
+    for backend in config["backends"]:
+        launch = backend["launch"]
+        launch["port"] = free_port()
+        launch["startup_timeout_s"] = 600
+        if launch["model_path"].startswith("data/world/"):
+            launch["model_path"] = str(world / launch["model_path"].removeprefix("data/world/"))
+    folder = tmp_path_factory.mktemp("world-gateway")
+    path = folder / "world.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = folder / "serve.log"
+    process = serve_process(["--config", str(path), "--port", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log, timeout=900)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def test_multi_turn_session_against_a_solver(gateway: str) -> None:
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
+    assert {m.id for m in client.models.list()} == {"dense-s", "dense-m", "moe-s", "smollm2-135m-instruct", "auto"}
+    messages = [{"role": "user", "content": "x1 = 12+30"}]
+    first = client.chat.completions.with_raw_response.create(
+        model="dense-s",
+        messages=messages,
+        extra_headers={"X-Session-ID": "world-1"},  # type: ignore[arg-type]
+        extra_body={"thrifty": {"budget": 100}},
+    )
+    assert first.headers["x-thrifty-session"] == "world-1"
+    assert first.headers["x-thrifty-thinking-budget"] == "64"  # the example's static budget, under B = 100
+    reply = first.parse().choices[0].message
+    thinking = getattr(reply, "reasoning", None) or ""
+    assert len(thinking.encode()) <= 64
+    spent = httpx.get(f"{gateway}/v1/sessions/world-1", timeout=10).json()["spent"]
+    messages += [{"role": "assistant", "content": reply.content or ""}, {"role": "user", "content": "x2 = x1*2"}]
+    second = client.chat.completions.with_raw_response.create(
+        model="dense-s",
+        messages=messages,
+        extra_headers={"X-Session-ID": "world-1"},  # type: ignore[arg-type]
+    )
+    assert int(second.headers["x-thrifty-thinking-budget"]) == max(0, min(64, 100 - spent))  # what B has left
+    session = httpx.get(f"{gateway}/v1/sessions/world-1", timeout=10).json()
+    assert session["turn_count"] == 2 and session["budget"] == 100
+    assert [t["model"] for t in session["turns"]] == ["dense-s", "dense-s"]
+
+    none = client.chat.completions.with_raw_response.create(
+        model="moe-s",
+        messages=[{"role": "user", "content": "x1 = 7*8"}],
+        extra_headers={"X-Session-ID": "world-2"},
+        extra_body={"thrifty": {"budget": 0}},  # type: ignore[arg-type]
+    )
+    assert none.headers["x-thrifty-thinking-budget"] == "0"
+    assert not (getattr(none.parse().choices[0].message, "reasoning", None) or "")
