@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 ANSWER_ALLOWANCE = 24  # tokens after </think>: a number and <|im_end|>
 UNLIMITED_THINKING = 640  # more than the longest scratchpad in GSM8K (≈ 400 bytes)
+RETRIES = 2
+
+
+class EvaluationError(RuntimeError):
+    """A solver's server stopped answering."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +79,23 @@ async def _ask(
     client: httpx.AsyncClient, spec: SolverSpec, chain: Chain, turn: int, budget: int | None, gate: asyncio.Semaphore
 ) -> TurnResult:
     step = chain.steps[turn]
+    body = request_body(spec.name, messages_for(chain, turn), budget)
     async with gate:
-        started = time.perf_counter()
-        response = await client.post(
-            "/v1/chat/completions", json=request_body(spec.name, messages_for(chain, turn), budget)
-        )
+        for attempt in range(RETRIES + 1):
+            started = time.perf_counter()
+            try:
+                response = await client.post("/v1/chat/completions", json=body)
+                break
+            except httpx.TransportError as exc:
+                # A keep-alive connection the server closed just as it was reused; a dead server fails again.
+                if attempt == RETRIES:
+                    raise EvaluationError(
+                        f"{spec.name}: no answer for {chain.id} turn {turn} after {RETRIES + 1} tries ({exc!r})"
+                    ) from exc
+                await asyncio.sleep(0.5 * (attempt + 1))
         latency = time.perf_counter() - started
-    response.raise_for_status()
+    if response.status_code != 200:
+        raise EvaluationError(f"{spec.name}: HTTP {response.status_code} for {chain.id} turn {turn}: {response.text[:300]}")
     data = response.json()
     message = data["choices"][0]["message"]
     reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
@@ -122,11 +137,17 @@ async def ask_all(
             for chain in chains
             for turn in range(len(chain.steps))
         ]
+        tasks = [asyncio.ensure_future(job) for job in jobs]
         results = []
-        with tqdm(total=len(jobs), desc=f"evaluate {spec.name}", disable=not progress) as bar:
-            for future in asyncio.as_completed(jobs):
-                results.append(await future)
-                bar.update(1)
+        try:
+            with tqdm(total=len(tasks), desc=f"evaluate {spec.name}", disable=not progress) as bar:
+                for future in asyncio.as_completed(tasks):
+                    results.append(await future)
+                    bar.update(1)
+        finally:  # on the first failure, cancel the rest rather than leave them unretrieved
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return sorted(results, key=lambda r: (r.budget is None, r.budget or 0, r.problem, r.turn))
 
 
@@ -178,5 +199,9 @@ def evaluate_served(
     process.wait_ready()  # raises LaunchError with the end of vLLM's log if it cannot start
     try:
         return asyncio.run(ask_all(process.backend.base_url, spec, chains, budgets, progress=progress))
+    except EvaluationError as exc:
+        state = process.process.poll() if process.process is not None else None
+        status = "still running" if state is None else f"exited with code {state}"
+        raise EvaluationError(f"{exc}\nvLLM for {spec.name} {status}; end of its log:\n{process.log_tail()}") from exc
     finally:
         process.stop()
