@@ -44,6 +44,23 @@ VERSION = 1
 SPLITS = {"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"}
 
 
+def cpu_name() -> str:
+    """The CPU's model name, for results pages (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _turns_by_bucket(summaries: dict[str, Any]) -> str:
+    first: dict[str, Any] = next(iter(summaries.values()), {})
+    row: dict[str, Any] = next(iter(first.values()), {"buckets": {}})
+    return ", ".join(f"{b['turns']} {name}" for name, b in row["buckets"].items()) + " turns"
+
+
 class BuildError(RuntimeError):
     """The build cannot go on; the message says what to do."""
 
@@ -197,12 +214,14 @@ class WorldBuild:
             "# The reasoning world: GSM8K calculator chains and tiny thinking solvers",
             "",
             f"Built with `thrifty world build{' --quick' if self.options.quick else ''}` (seed {self.options.seed}) "
-            f"on {platform.machine()} with {os.cpu_count()} CPU cores; evaluated through vLLM's "
+            f"on {cpu_name()} ({os.cpu_count()} cores, no accelerator); evaluated through vLLM's "
             "`thinking_token_budget`, greedy, gold history.",
             "",
             f"Data: {stats['train']['problems']} training and {stats['test']['problems']} test problems kept "
             f"({stats['train']['turns']} / {stats['test']['turns']} turns); the first "
-            f"{self.evaluation.problems} test problems are evaluated. Test bucket mix: {stats['test']['buckets']}.",
+            f"{self.evaluation.problems} test problems are evaluated ({_turns_by_bucket(summaries)}). "
+            f"Buckets by digit operations per step: easy ≤ 2, medium 3–5, hard ≥ 6; "
+            f"whole test split: {stats['test']['buckets']}.",
         ]
         _write_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
         _write_atomic(folder / "summary.json", json.dumps(summaries, indent=1))

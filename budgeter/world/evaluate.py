@@ -95,7 +95,9 @@ async def _ask(
                 await asyncio.sleep(0.5 * (attempt + 1))
         latency = time.perf_counter() - started
     if response.status_code != 200:
-        raise EvaluationError(f"{spec.name}: HTTP {response.status_code} for {chain.id} turn {turn}: {response.text[:300]}")
+        raise EvaluationError(
+            f"{spec.name}: HTTP {response.status_code} for {chain.id} turn {turn}: {response.text[:300]}"
+        )
     data = response.json()
     message = data["choices"][0]["message"]
     reasoning = message.get("reasoning") or message.get("reasoning_content") or ""

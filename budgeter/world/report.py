@@ -92,6 +92,15 @@ def plot(summaries: dict[str, dict[str, Any]], folder: Path) -> list[str]:
     return ["accuracy_vs_budget.png", "problem_accuracy.png"]
 
 
+def budget_needed(summary: dict[str, Any], bucket: str, slack: float = 0.02) -> tuple[str, float] | None:
+    """The first budget (in the order evaluated) within ``slack`` of the bucket's unlimited accuracy."""
+    rows = [(label, row["buckets"][bucket]["accuracy"]) for label, row in summary.items() if bucket in row["buckets"]]
+    if not rows:
+        return None
+    best = rows[-1][1]  # thinking not limited is evaluated last
+    return next((label, accuracy) for label, accuracy in rows if accuracy >= best - slack)
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
@@ -109,15 +118,40 @@ def results_page(
         )
     for name, summary in summaries.items():
         lines += ["", f"## {name}: turn accuracy (%) by thinking budget", ""]
-        lines.append("| budget | all turns | " + " | ".join(BUCKET_NAMES) + " | problems | mean thinking tokens |")
-        lines.append("|---|---:|" + "---:|" * len(BUCKET_NAMES) + "---:|---:|")
+        lines.append(
+            "| budget | all turns | "
+            + " | ".join(BUCKET_NAMES)
+            + " | problems | mean thinking tokens | cost per 1k turns (USD) |"
+        )
+        lines.append("|---|---:|" + "---:|" * len(BUCKET_NAMES) + "---:|---:|---:|")
         for label, row in summary.items():
             cells = [_pct(row["buckets"].get(b, {}).get("accuracy")) for b in BUCKET_NAMES]
             lines.append(
                 f"| {label} | {_pct(row['turn_accuracy'])} | "
                 + " | ".join(cells)
-                + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f} |"
+                + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f}"
+                + f" | {1000 * row['mean_cost_per_turn']:.4f} |"
             )
+    lines += ["", "## The budget each bucket needs", ""]
+    lines.append(
+        "The smallest static budget whose turn accuracy is within 2 points of unlimited thinking, per bucket "
+        "(and that accuracy):"
+    )
+    lines += ["", "| solver | " + " | ".join(BUCKET_NAMES) + " |", "|---|" + "---:|" * len(BUCKET_NAMES)]
+    for name, summary in summaries.items():
+        cells = []
+        for bucket in BUCKET_NAMES:
+            needed = budget_needed(summary, bucket)
+            cells.append("–" if needed is None else f"{needed[0]} ({_pct(needed[1])})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if summaries:
+        hardest = BUCKET_NAMES[-1]
+        labels = list(next(iter(summaries.values())))
+        lines += ["", f"## {hardest.capitalize()} turns (%) by solver", ""]
+        lines += ["| budget | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
+        for label in labels:
+            cells = [_pct(summaries[n][label]["buckets"].get(hardest, {}).get("accuracy")) for n in summaries]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Problem accuracy (%) at each static budget", ""]
     names = list(summaries)
     labels = list(summaries[names[0]]) if names else []

@@ -25,15 +25,30 @@ from thrifty.budgeter.world.training import (
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiturn"
 TINY = SolverSpec("tiny", "qwen3", hidden=64, layers=1, heads=1, kv_heads=1, intermediate=96)
 TINY_MOE = SolverSpec(
-    "tiny-moe", "qwen3_moe", hidden=64, layers=1, heads=1, kv_heads=1, experts=4, experts_per_token=2,
-    expert_intermediate=32, router_aux_loss=0.01,
+    "tiny-moe",
+    "qwen3_moe",
+    hidden=64,
+    layers=1,
+    heads=1,
+    kv_heads=1,
+    experts=4,
+    experts_per_token=2,
+    expert_intermediate=32,
+    router_aux_loss=0.01,
 )
 
 
 def _plan(**overrides: object) -> TrainingPlan:
     values: dict[str, object] = {
-        "steps": 6, "minutes": 5, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "weight_decay": 0.01,
-        "truncated_fraction": 0.5, "train_problems": None, "checkpoint_every_s": 3600,
+        "steps": 6,
+        "minutes": 5,
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "weight_decay": 0.01,
+        "truncated_fraction": 0.5,
+        "train_problems": None,
+        "checkpoint_every_s": 3600,
     }
     return TrainingPlan(**(values | overrides))  # type: ignore[arg-type]
 
