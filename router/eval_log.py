@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from thrifty.server.artifacts import write_text_atomic
 
 REQUIRED = ("query", "model", "score", "cost")
 
@@ -69,15 +70,9 @@ class EvalRecord:
 
 def write_eval_log(path: Path, records: Iterable[EvalRecord]) -> int:
     """Write atomically (a partial file never has the final name); returns the number of records."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    count = 0
-    with partial.open("w") as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_json()) + "\n")
-            count += 1
-    os.replace(partial, path)
-    return count
+    lines = [json.dumps(record.to_json()) + "\n" for record in records]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def read_eval_log(path: Path) -> Iterator[EvalRecord]:

@@ -10,7 +10,6 @@ with an intact folder does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,6 +18,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from thrifty.server.artifacts import sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ def model_dir(data_dir: Path) -> Path:
     return data_dir / "models" / MODEL_NAME
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_prepared(folder: Path) -> bool:
     """True when the folder holds a complete conversion whose files match the manifest's hashes."""
     manifest_path = folder / "manifest.json"
@@ -62,7 +55,7 @@ def is_prepared(folder: Path) -> bool:
         files: dict[str, str] = manifest["content_hashes"]
     except (ValueError, KeyError, TypeError):
         return False
-    return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items())
+    return all((folder / name).is_file() and sha256(folder / name) == digest for name, digest in files.items())
 
 
 def gguf_path() -> Path:
@@ -99,9 +92,9 @@ def prepare_bundled_model(data_dir: Path, *, force: bool = False) -> Path:
             "kind": MANIFEST_KIND,
             "version": MANIFEST_VERSION,
             "name": MODEL_NAME,
-            "inputs": {"gguf": {"package": GGUF_PACKAGE, "file": GGUF_FILE, "sha256": _sha256(source)}},
+            "inputs": {"gguf": {"package": GGUF_PACKAGE, "file": GGUF_FILE, "sha256": sha256(source)}},
             "metrics": {"conversion_seconds": round(time.monotonic() - started, 1)},
-            "content_hashes": {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()},
+            "content_hashes": {p.name: sha256(p) for p in sorted(staging.iterdir()) if p.is_file()},
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():

@@ -16,7 +16,6 @@ stages (and a solver's training resumes from its last checkpoint), so an interru
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from thrifty.budgeter.world.chains import Chain, build_chains
 from thrifty.budgeter.world.evaluate import TurnResult
 from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
 from thrifty.router.eval_log import EvalRecord, write_eval_log
+from thrifty.server.artifacts import sha256, write_text_atomic
 
 if TYPE_CHECKING:
     from thrifty.server.backends.launcher import VllmProcess
@@ -77,21 +77,6 @@ class BuildOptions:
     @property
     def mode(self) -> str:
         return "quick" if self.quick else "full"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -147,7 +132,7 @@ class WorldBuild:
         record["seconds"] = round(time.monotonic() - started, 1)
         state = self._state()
         state["done"][name] = record
-        _write_atomic(self._state_path, json.dumps(state, indent=1))
+        write_text_atomic(self._state_path, json.dumps(state, indent=1))
         return record
 
     # --- stages ------------------------------------------------------------------------------------
@@ -170,8 +155,8 @@ class WorldBuild:
                 "buckets": dict(Counter(s.bucket for s in steps)),
                 "turns_per_problem": dict(sorted(Counter(len(c.steps) for c in chains).items())),
             }
-            _write_atomic(self.out / "data" / f"{split}.jsonl", _jsonl([c.to_json() for c in chains]))
-        _write_atomic(self.out / "data" / "stats.json", json.dumps(stats, indent=1))
+            write_text_atomic(self.out / "data" / f"{split}.jsonl", _jsonl([c.to_json() for c in chains]))
+        write_text_atomic(self.out / "data" / "stats.json", json.dumps(stats, indent=1))
         return stats
 
     def _train(self, name: str) -> dict[str, Any]:
@@ -195,7 +180,7 @@ class WorldBuild:
         results = evaluate_served(
             servers[name], self.spec.solvers[name], chains, self.evaluation.budgets, progress=self.options.progress
         )
-        _write_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
+        write_text_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
         return {"records": len(results)}
 
     def _report(self) -> dict[str, Any]:
@@ -223,8 +208,8 @@ class WorldBuild:
             f"Buckets by digit operations per step: easy ≤ 2, medium 3–5, hard ≥ 6; "
             f"whole test split: {stats['test']['buckets']}.",
         ]
-        _write_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
-        _write_atomic(folder / "summary.json", json.dumps(summaries, indent=1))
+        write_text_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
+        write_text_atomic(folder / "summary.json", json.dumps(summaries, indent=1))
         log = [self._router_record(r) for name in self.names for r in results[name] if r.budget is None]
         count = write_eval_log(self.out / "eval" / "router_log.jsonl", log)
         return {"plots": plots, "router_log_records": count}
@@ -261,7 +246,7 @@ class WorldBuild:
         records |= self._evaluate_all()
         records["report"] = self._stage("report", self._report)
         manifest = self._manifest(records)
-        _write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1))
+        write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1))
         return manifest
 
     def _evaluate_all(self) -> dict[str, Any]:

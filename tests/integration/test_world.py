@@ -17,10 +17,10 @@ import httpx
 import openai
 import pytest
 import yaml
-from thrifty.budgeter.world.build import sha256
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
+from thrifty.server.artifacts import sha256
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 
