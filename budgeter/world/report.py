@@ -92,6 +92,49 @@ def plot(summaries: dict[str, dict[str, Any]], folder: Path) -> list[str]:
     return ["accuracy_vs_budget.png", "problem_accuracy.png"]
 
 
+def claims(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
+    """What the world is meant to show, checked against this build: (claim, holds, evidence)."""
+    found: list[tuple[str, bool, str]] = []
+    easy, hardest = BUCKET_NAMES[0], BUCKET_NAMES[-1]
+    for name, summary in summaries.items():
+        accuracies = [row["turn_accuracy"] for row in summary.values()]
+        steps = zip(accuracies, accuracies[1:], strict=False)
+        found.append(
+            (
+                f"{name}: turn accuracy rises with the budget",
+                accuracies[-1] > accuracies[0] and all(b >= a - 0.02 for a, b in steps),
+                " → ".join(_pct(a) for a in accuracies),
+            )
+        )
+        easy_needs, hard_needs = budget_needed(summary, easy), budget_needed(summary, hardest)
+        if easy_needs and hard_needs:
+            order = list(summary)
+            found.append(
+                (
+                    f"{name}: {hardest} turns need a larger budget than {easy} turns",
+                    order.index(hard_needs[0]) > order.index(easy_needs[0]),
+                    f"{easy}: {easy_needs[0]}, {hardest}: {hard_needs[0]}",
+                )
+            )
+        best_easy = max(row["buckets"].get(easy, {}).get("accuracy", 0.0) for row in summary.values())
+        found.append(
+            (f"{name}: near-perfect (≥ 95%) on {easy} turns with enough budget", best_easy >= 0.95, _pct(best_easy))
+        )
+    if {"dense-s", "dense-m"} <= set(summaries):
+        small, large = (
+            summaries[n]["none"]["buckets"].get(hardest, {}).get("accuracy") for n in ("dense-s", "dense-m")
+        )
+        if small is not None and large is not None:
+            found.append(
+                (
+                    f"dense-m is more accurate than dense-s on {hardest} turns (thinking not limited)",
+                    large > small,
+                    f"{_pct(large)} vs {_pct(small)}",
+                )
+            )
+    return found
+
+
 def budget_needed(summary: dict[str, Any], bucket: str, slack: float = 0.02) -> tuple[str, float] | None:
     """The first budget (in the order evaluated) within ``slack`` of the bucket's unlimited accuracy."""
     rows = [(label, row["buckets"][bucket]["accuracy"]) for label, row in summary.items() if bucket in row["buckets"]]
@@ -132,6 +175,10 @@ def results_page(
                 + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f}"
                 + f" | {1000 * row['mean_cost_per_turn']:.4f} |"
             )
+    lines += ["", "## What this build shows", "", "| claim | holds | evidence (accuracies in %) |", "|---|---|---|"]
+    lines += [
+        f"| {claim} | {'yes' if holds else '**no**'} | {evidence} |" for claim, holds, evidence in claims(summaries)
+    ]
     lines += ["", "## The budget each bucket needs", ""]
     lines.append(
         "The smallest static budget whose turn accuracy is within 2 points of unlimited thinking, per bucket "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from thrifty.budgeter.world.evaluate import TurnResult
-from thrifty.budgeter.world.report import budget_needed, plot, results_page, summarize
+from thrifty.budgeter.world.report import budget_needed, claims, plot, results_page, summarize
 
 
 def _turn(problem: str, turn: int, bucket: str, budget: int | None, correct: bool, thinking: int) -> TurnResult:
@@ -67,3 +67,24 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "| 8 | 66.7 | 100.0 | – | 0.0 | 50.0 |" in page
     names = plot(summaries, tmp_path)
     assert all((tmp_path / name).stat().st_size > 10_000 for name in names)
+
+
+def test_claims_are_checked_against_the_numbers() -> None:
+    small = summarize(_results())
+    # dense-m: the same, but its hard turn is wrong even without a limit, and easy turns never rise.
+    weak = summarize(
+        [r for r in _results() if r.bucket == "easy"]
+        + [_turn("p1", 1, "hard", budget, False, 5) for budget in (0, 8, 64, None)]
+    )
+    found = {claim: (holds, evidence) for claim, holds, evidence in claims({"dense-s": small, "dense-m": weak})}
+    assert found["dense-s: turn accuracy rises with the budget"] == (True, "0.0 → 66.7 → 66.7 → 100.0")
+    assert found["dense-s: hard turns need a larger budget than easy turns"] == (True, "easy: 8, hard: none")
+    assert found["dense-s: near-perfect (≥ 95%) on easy turns with enough budget"][0]
+    assert found["dense-m: turn accuracy rises with the budget"][0]  # 0 → 66.7 for the easy turns
+    assert "dense-m: hard turns need a larger budget than easy turns" in found
+    assert found["dense-m is more accurate than dense-s on hard turns (thinking not limited)"] == (
+        False,
+        "0.0 vs 100.0",
+    )
+    page = results_page({"dense-s": small, "dense-m": weak}, {}, ["# t"])
+    assert "## What this build shows" in page and "| dense-m is more accurate" in page

@@ -21,6 +21,7 @@ from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
 from thrifty.server.artifacts import sha256
+from transformers import AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 
@@ -72,8 +73,8 @@ def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
             assert config["num_experts"] == 8 and config["num_experts_per_tok"] == 2
             assert config["router_aux_loss_coef"] > 0
         assert (folder / "model.safetensors").is_file()
-        tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
-        assert "<think>" in tokenizer["chat_template"]
+        template = AutoTokenizer.from_pretrained(folder).chat_template
+        assert isinstance(template, str) and THINK_START in template and THINK_END in template
         added = {t["content"]: t for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
         assert not added[THINK_START]["special"] and not added[THINK_END]["special"]
 
