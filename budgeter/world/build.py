@@ -191,6 +191,7 @@ class WorldBuild:
         training = {
             name: json.loads((self.out / "solvers" / name / "training.json").read_text()) for name in self.names
         }
+        done = self._state()["done"]
         folder = self.out / "report"
         folder.mkdir(parents=True, exist_ok=True)
         plots = plot(summaries, folder)
@@ -198,9 +199,20 @@ class WorldBuild:
         header = [
             "# The reasoning world: GSM8K calculator chains and tiny thinking solvers",
             "",
-            f"Built with `thrifty world build{' --quick' if self.options.quick else ''}` (seed {self.options.seed}) "
-            f"on {cpu_name()} ({os.cpu_count()} cores, no accelerator); evaluated through vLLM's "
+            f"Built with `thrifty world build{' --quick' if self.options.quick else ''} --out {self.options.out} "
+            f"--data {self.options.data_dir}` (seed {self.options.seed}; `make world` runs it) "
+            f"on {cpu_name()} ({os.cpu_count()} cores, training on the CPU); evaluated through vLLM's "
             "`thinking_token_budget`, greedy, gold history.",
+            "",
+            "Time: training "
+            + ", ".join(f"{name} {training[name]['train_seconds'] / 60:.1f} min" for name in self.names)
+            + "; evaluation "
+            + ", ".join(
+                f"{name} {done[f'eval:{name}']['seconds'] / 60:.1f} min"
+                for name in self.names
+                if f"eval:{name}" in done
+            )
+            + ".",
             "",
             f"Data: {stats['train']['problems']} training and {stats['test']['problems']} test problems kept "
             f"({stats['train']['turns']} / {stats['test']['turns']} turns); the first "
