@@ -21,7 +21,7 @@ from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
 from thrifty.server.artifacts import sha256
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 
@@ -66,12 +66,12 @@ def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
     specs = load_specs().solvers
     for name, spec in specs.items():
         folder = world / "solvers" / name
-        config = json.loads((folder / "config.json").read_text())
-        assert config["architectures"] == (["Qwen3MoeForCausalLM"] if spec.is_moe else ["Qwen3ForCausalLM"])
-        assert config["hidden_size"] == spec.hidden and config["head_dim"] == 64
+        config = AutoConfig.from_pretrained(folder)  # as vLLM reads it, whatever names this version writes
+        assert config.architectures == (["Qwen3MoeForCausalLM"] if spec.is_moe else ["Qwen3ForCausalLM"])
+        assert config.hidden_size == spec.hidden and config.head_dim == 64
         if spec.is_moe:
-            assert config["num_experts"] == 8 and config["num_experts_per_tok"] == 2
-            assert config["router_aux_loss_coef"] > 0
+            assert config.num_experts == 8 and config.num_experts_per_tok == 2
+            assert config.router_aux_loss_coef > 0
         assert (folder / "model.safetensors").is_file()
         template = AutoTokenizer.from_pretrained(folder).chat_template
         assert isinstance(template, str) and THINK_START in template and THINK_END in template
