@@ -96,6 +96,8 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
             return f"not plain arithmetic ({exc})" if isinstance(exc, ExpressionError) else "not plain arithmetic"
         if not _close(worked.value, theirs):
             return "disagrees with the annotation"
+        # The scratchpad first recalls the earlier results it uses, worded as the answers that gave them.
+        recalled = [f"{n} is {fmt(names[n])}" for n in dict.fromkeys(t for t in tokens if t in names)]
         name = f"x{index}"
         names[name] = worked.value
         by_result[theirs] = name
@@ -105,7 +107,7 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
             Step(
                 prompt,
                 fmt(worked.value),
-                worked.scratchpad,
+                "\n".join([*recalled, worked.scratchpad]),
                 worked.operations,
                 worked.operators,
                 bucket(worked.operations),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from thrifty.budgeter.world.chains import Chain
+from thrifty.budgeter.world.chains import Chain, Step
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -36,9 +36,18 @@ CHAT_TEMPLATE = (
 GENERATION_PROMPT = f"{IM_START}assistant\n{THINK_START}\n"
 
 
+def answer_text(step: Step) -> str:
+    """How a solver states a turn's result: "x3 is 54", the name then the value.
+
+    Naming the result (with "is", so it never reads like the user's "x3 = …") lets a later turn find
+    ``x3`` in the conversation by its name; tiny solvers look values up far more reliably that way.
+    """
+    return f"{step.prompt.split(' = ', 1)[0]} is {step.value}"
+
+
 def messages_for(chain: Chain, turn: int, answers: list[str] | None = None) -> list[dict[str, str]]:
     """The conversation up to turn ``turn`` (0-based); earlier answers are the gold ones unless given."""
-    previous = answers if answers is not None else [s.value for s in chain.steps[:turn]]
+    previous = answers if answers is not None else [answer_text(s) for s in chain.steps[:turn]]
     messages: list[dict[str, str]] = []
     for step, answer in zip(chain.steps[:turn], previous, strict=True):
         messages.append({"role": "user", "content": step.prompt})

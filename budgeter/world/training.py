@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thrifty.budgeter.world.chains import Chain
-from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer, completion, messages_for, render_prompt
+from thrifty.budgeter.world.chat_format import (
+    THINK_END,
+    answer_text,
+    build_tokenizer,
+    completion,
+    messages_for,
+    render_prompt,
+)
 from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan
 
 if TYPE_CHECKING:
@@ -56,7 +63,7 @@ def make_examples(chains: list[Chain], tokenizer: PreTrainedTokenizerFast) -> li
     examples = []
     for chain in chains:
         for turn, step in enumerate(chain.steps):
-            full = completion(step.scratchpad, step.value)
+            full = completion(step.scratchpad, answer_text(step))
             tail = full[len(step.scratchpad) :]
             answer = tail[len(f"\n{THINK_END}") :]
             examples.append(

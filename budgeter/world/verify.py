@@ -2,8 +2,9 @@
 
 A reply is right when its last line states exactly one number and that number equals the gold value.
 Names such as ``x3`` are not numbers, thousands separators are allowed and a closing period is ignored,
-so "72", "x3 = 72" and "The answer is 1,200." all read as answers; a line with several numbers (or
-none) is no answer, so a solver cannot be right by accident at the end of a run of digits.
+so "72", "x3 is 72" (how solvers answer), "x3 = 72" and "The answer is 1,200." all read as answers; a
+line with several numbers (or none) is no answer, so a solver cannot be right by accident at the end of
+a run of digits.
 """
 
 from __future__ import annotations

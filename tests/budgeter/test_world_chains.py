@@ -12,6 +12,7 @@ from thrifty.budgeter.world.chains import Chain, build_chains, chain_from_gsm8k
 from thrifty.budgeter.world.chat_format import (
     THINK_END,
     THINK_START,
+    answer_text,
     build_tokenizer,
     completion,
     messages_for,
@@ -34,7 +35,9 @@ def test_steps_refer_to_earlier_results_by_name() -> None:
     assert [s.prompt for s in chain.steps] == ["x1 = 100/2", "x2 = 15*2", "x3 = 100-x1-x2-15"]
     assert [s.value for s in chain.steps] == ["50", "30", "5"]
     assert chain.answer == "5"
-    assert chain.steps[2].scratchpad.splitlines()[0] == "100-50-30-15"  # the solver must look x1, x2 up
+    # the solver must look x1 and x2 up, recalling them as the earlier answers stated them
+    assert chain.steps[2].scratchpad.splitlines()[:3] == ["x1 is 50", "x2 is 30", "100-50-30-15"]
+    assert not chain.steps[0].scratchpad.startswith("x")
     assert chain.steps[2].operations > chain.steps[1].operations
 
 
@@ -86,6 +89,17 @@ def test_template_matches_the_hand_rendering_and_drops_earlier_thinking() -> Non
     assert "long" not in history and "assistant\n7<|im_end|>" in history
 
 
+def test_gold_history_names_each_result() -> None:
+    with (DATA / "gsm8k_train.jsonl").open() as lines:
+        chains, _ = build_chains(itertools.islice(lines, 30), "train")
+    chain = next(c for c in chains if len(c.steps) >= 3)
+    messages = messages_for(chain, 2)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert messages[1]["content"] == f"x1 is {chain.steps[0].value}" == answer_text(chain.steps[0])
+    assert verify(messages[3]["content"], chain.steps[1].value)
+    assert messages_for(chain, 2, ["a", "b"])[3]["content"] == "b"  # a solver's own answers, when given
+
+
 def test_tokenizer_is_byte_level_with_think_tags_as_plain_added_tokens() -> None:
     tokenizer = build_tokenizer()
     text = completion("12+3: 2+3=5 1+0=1 =15", "15")
@@ -103,6 +117,7 @@ def test_tokenizer_is_byte_level_with_think_tags_as_plain_added_tokens() -> None
         ("72", "72", True),
         ("\n\n72", "72.0", True),
         ("x3 = 0.5", "0.50", True),
+        ("x3 is 12.5", "12.50", True),
         ("The answer is 1,200.", "1200", True),
         ("72\n73", "72", False),
         ("10 1=1=1", "1", False),
