@@ -62,7 +62,7 @@ def plot(summaries: dict[str, dict[str, Any]], folder: Path) -> list[str]:
         xs = [_x(label) for label in labels]
         axis.plot(xs, [summaries[name][b]["turn_accuracy"] for b in labels], "k-o", label="all turns")
         for bucket, style in zip(BUCKET_NAMES, ("g--^", "b--s", "r--v"), strict=True):
-            ys = [summaries[name][b]["buckets"].get(bucket, {}).get("accuracy") for b in labels]
+            ys = [bucket_accuracy(summaries[name][b], bucket) for b in labels]
             axis.plot(xs, [float("nan") if y is None else y for y in ys], style, label=bucket, alpha=0.85)
         axis.set_xscale("log", base=2)
         axis.set_xticks(xs, labels)
@@ -92,6 +92,12 @@ def plot(summaries: dict[str, dict[str, Any]], folder: Path) -> list[str]:
     return ["accuracy_vs_budget.png", "problem_accuracy.png"]
 
 
+def bucket_accuracy(row: dict[str, Any], bucket: str) -> float | None:
+    """A budget row's accuracy on one bucket, or None when the evaluated turns had none of it."""
+    found = row["buckets"].get(bucket)
+    return None if found is None else float(found["accuracy"])
+
+
 def claims(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
     """What the world is meant to show, checked against this build: (claim, holds, evidence)."""
     found: list[tuple[str, bool, str]] = []
@@ -116,14 +122,12 @@ def claims(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
                     f"{easy}: {easy_needs[0]}, {hardest}: {hard_needs[0]}",
                 )
             )
-        best_easy = max(row["buckets"].get(easy, {}).get("accuracy", 0.0) for row in summary.values())
+        best_easy = max(bucket_accuracy(row, easy) or 0.0 for row in summary.values())
         found.append(
             (f"{name}: near-perfect (≥ 95%) on {easy} turns with enough budget", best_easy >= 0.95, _pct(best_easy))
         )
     if {"dense-s", "dense-m"} <= set(summaries):
-        small, large = (
-            summaries[n]["none"]["buckets"].get(hardest, {}).get("accuracy") for n in ("dense-s", "dense-m")
-        )
+        small, large = (bucket_accuracy(summaries[n]["none"], hardest) for n in ("dense-s", "dense-m"))
         if small is not None and large is not None:
             found.append(
                 (
@@ -168,7 +172,7 @@ def results_page(
         )
         lines.append("|---|---:|" + "---:|" * len(BUCKET_NAMES) + "---:|---:|---:|")
         for label, row in summary.items():
-            cells = [_pct(row["buckets"].get(b, {}).get("accuracy")) for b in BUCKET_NAMES]
+            cells = [_pct(bucket_accuracy(row, b)) for b in BUCKET_NAMES]
             lines.append(
                 f"| {label} | {_pct(row['turn_accuracy'])} | "
                 + " | ".join(cells)
@@ -197,7 +201,7 @@ def results_page(
         lines += ["", f"## {hardest.capitalize()} turns (%) by solver", ""]
         lines += ["| budget | " + " | ".join(summaries) + " |", "|---|" + "---:|" * len(summaries)]
         for label in labels:
-            cells = [_pct(summaries[n][label]["buckets"].get(hardest, {}).get("accuracy")) for n in summaries]
+            cells = [_pct(bucket_accuracy(summaries[n][label], hardest)) for n in summaries]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Problem accuracy (%) at each static budget", ""]
     names = list(summaries)
