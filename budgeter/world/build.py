@@ -168,7 +168,12 @@ class WorldBuild:
         folder = self.out / "solvers" / name
         shutil.rmtree(folder, ignore_errors=True)  # a folder without a recorded stage is a torn write
         record = train_solver(
-            self.spec.solvers[name], self.plan, chains, folder, self.options.seed, progress_bar=self.options.progress
+            self.spec.solvers[name],
+            self.plan.for_solver(name),
+            chains,
+            folder,
+            self.options.seed,
+            progress_bar=self.options.progress,
         )
         record.pop("losses")
         return record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,12 +93,19 @@ class TrainingPlan:
     truncated_fraction: float
     train_problems: int | None
     checkpoint_every_s: float
+    solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.minutes <= 0:
             raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and minutes > 0")
         if not 0 <= self.truncated_fraction < 1:
             raise ValueError("truncated_fraction must be in [0, 1)")
+        if any(steps < 1 for steps in self.solver_steps.values()):
+            raise ValueError("solver_steps must be ≥ 1")
+
+    def for_solver(self, name: str) -> TrainingPlan:
+        """The plan one solver trains with: ``steps`` replaced by its entry in ``solver_steps``, if any."""
+        return replace(self, steps=self.solver_steps.get(name, self.steps), solver_steps={})
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -123,9 +130,15 @@ class WorldSpec:
 
 def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
     data = yaml.safe_load(path.read_text())
+    solvers = {name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()}
+    training = {name: TrainingPlan(**values) for name, values in data["training"].items()}
+    for mode, plan in training.items():
+        unknown = sorted(set(plan.solver_steps) - set(solvers))
+        if unknown:
+            raise ValueError(f"training.{mode}.solver_steps names unknown solver(s): {', '.join(unknown)}")
     return WorldSpec(
-        solvers={name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()},
-        training={name: TrainingPlan(**values) for name, values in data["training"].items()},
+        solvers=solvers,
+        training=training,
         evaluation={
             name: EvaluationPlan(values["problems"], tuple(values["budgets"]))
             for name, values in data["evaluation"].items()

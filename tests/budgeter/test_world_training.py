@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from thrifty.budgeter.world.build import BuildError, BuildOptions, WorldBuild
 from thrifty.budgeter.world.chains import build_chains
 from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer
-from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan, load_specs
+from thrifty.budgeter.world.solvers import SPEC_FILE, SolverSpec, TrainingPlan, load_specs
 from thrifty.budgeter.world.training import (
     IGNORE,
     Batches,
@@ -112,6 +113,19 @@ def test_solver_specs_validate() -> None:
     assert moe.is_moe and moe.experts >= 8 and moe.experts_per_token == 2 and moe.router_aux_loss > 0
 
 
+def test_a_solver_can_have_its_own_schedule_length(tmp_path: Path) -> None:
+    plan = _plan(steps=6, solver_steps={"small": 9})
+    assert plan.for_solver("small").steps == 9 and plan.for_solver("small").solver_steps == {}
+    assert plan.for_solver("other") == _plan(steps=6)
+    with pytest.raises(ValueError, match="solver_steps"):
+        _plan(solver_steps={"small": 0})
+    spec = yaml.safe_load(SPEC_FILE.read_text())
+    spec["training"]["quick"]["solver_steps"] = {"nope": 3}
+    (tmp_path / "solvers.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="unknown solver.*nope"):
+        load_specs(tmp_path / "solvers.yaml")
+
+
 def test_build_refuses_unknown_solvers_and_other_settings(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="unknown solver"):
         WorldBuild(BuildOptions(DATA, tmp_path, solvers=("nope",)))
@@ -125,8 +139,6 @@ def test_build_refuses_unknown_solvers_and_other_settings(tmp_path: Path) -> Non
 
 
 def test_example_config_uses_the_solver_prices() -> None:
-    import yaml
-
     example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "world.yaml").read_text())
     prices = {b["name"]: b["price"] for b in example["backends"]}
     for name, spec in load_specs().solvers.items():
