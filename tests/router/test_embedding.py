@@ -1,0 +1,65 @@
+"""Query embedders: MiniLM as sentence-transformers computes it, model2vec static vectors, identities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from thrifty.router.embedding import EmbedderMismatch, MiniLmEmbedder, StaticEmbedder, cached_encode, minilm_path
+
+QUERIES = [
+    "Write a python function to reverse a linked list.",
+    "Implement a Python function that reverses a singly linked list.",
+    "Which country won the 1998 football World Cup?",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLmEmbedder:
+    return MiniLmEmbedder()
+
+
+def test_minilm_matches_sentence_transformers(minilm: MiniLmEmbedder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm_path()), device="cpu").encode(QUERIES, normalize_embeddings=True)
+    ours = minilm.encode(QUERIES)
+    assert ours.shape == (3, 384) and ours.dtype == np.float32
+    assert np.allclose(ours, reference, atol=1e-5)
+    similarity = ours @ ours.T
+    assert similarity[0, 1] > 0.8 > 0.2 > similarity[0, 2]
+
+
+def test_identity_names_kind_dimension_and_weights(minilm: MiniLmEmbedder, tmp_path: Path) -> None:
+    identity = minilm.identity
+    assert identity["kind"] == "minilm" and identity["dim"] == 384 and len(identity["sha256"]) == 64
+    minilm.check(dict(identity))
+    with pytest.raises(EmbedderMismatch, match="trained with embedder"):
+        minilm.check(identity | {"sha256": "0" * 64})
+
+
+def _tiny_static(folder: Path) -> StaticEmbedder:
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    vectors = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 16)).astype(np.float32)
+    StaticModel(vectors, tokenizer).save_pretrained(str(folder))
+    return StaticEmbedder(folder)
+
+
+def test_static_embedder_and_the_encoding_cache(tmp_path: Path) -> None:
+    static = _tiny_static(tmp_path / "static")
+    vectors = static.encode(QUERIES)
+    assert vectors.shape == (3, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    assert static.identity["kind"] == "static" and static.identity["dim"] == 16
+    cached = cached_encode(static, QUERIES, tmp_path / "cache")
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1 and np.array_equal(cached, vectors)
+    np.save(files[0], np.zeros_like(vectors))  # a second call reads the file instead of encoding
+    assert not cached_encode(static, QUERIES, tmp_path / "cache").any()
+    assert json.loads((tmp_path / "static" / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no static embedder"):
+        StaticEmbedder(tmp_path / "nowhere")
