@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,8 +119,11 @@ def distill_static(out: Path, pca_dims: int = 256) -> StaticEmbedder:
     """Distil MiniLM into a static embedder under ``out`` (needs the router-training environment)."""
     from model2vec.distill import distill
 
+    if out.exists():
+        raise FileExistsError(f"{out} exists: remove it to distil again")
     model = distill(model_name=str(minilm_path()), pca_dims=pca_dims)
     staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
     model.save_pretrained(str(staging))
     staging.replace(out)
     return StaticEmbedder(out)

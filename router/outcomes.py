@@ -69,7 +69,10 @@ class OutcomeTable:
 
     @classmethod
     def from_records(cls, records: Iterable[EvalRecord], models: Sequence[str] | None = None) -> OutcomeTable:
-        """One row per distinct query (first-seen order); a repeated (query, model) cell is averaged."""
+        """One row per distinct query (first-seen order); a repeated (query, model) cell is averaged.
+
+        ``models`` fixes the columns and their order; records of other models are left out.
+        """
         rows: dict[str, int] = {}
         cells: dict[tuple[int, str], list[tuple[float, float]]] = {}
         tasks: list[str] = []
