@@ -70,18 +70,17 @@ class MiniLmEmbedder(Embedder):
     kind = "minilm"
 
     def __init__(self, folder: Path | None = None, batch_size: int = 64) -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         folder = folder or minilm_path()
         super().__init__(folder / "model.safetensors", dim=384)
-        self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         self._model = AutoModel.from_pretrained(folder).eval()
         self._batch_size = batch_size
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
+        import torch
+
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self._batch_size):

@@ -99,15 +99,19 @@ def middle_cost_point(truth: OutcomeTable) -> tuple[str, float]:
 # --- baselines that look at no query features ------------------------------------------------------
 
 
+def _column_means(
+    scores: np.ndarray, costs: np.ndarray, fallback: tuple[np.ndarray | float, np.ndarray | float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per model, the mean observed score and cost; ``fallback`` where a model has no observed cell."""
+    count = (~np.isnan(scores)).sum(0)
+    acc = np.where(count > 0, np.nansum(scores, 0) / np.maximum(count, 1), fallback[0])
+    cost = np.where(count > 0, np.nansum(costs, 0) / np.maximum(count, 1), fallback[1])
+    return acc, cost
+
+
 def model_means(train: OutcomeTable) -> tuple[np.ndarray, np.ndarray]:
     """Per model, the mean observed score and cost (a model nobody observed gets the overall mean)."""
-    observed = train.observed
-    count = observed.sum(0)
-    overall_acc = np.nanmean(train.scores)
-    overall_cost = np.nanmean(train.costs)
-    acc = np.where(count > 0, np.nansum(train.scores, 0) / np.maximum(count, 1), overall_acc)
-    cost = np.where(count > 0, np.nansum(train.costs, 0) / np.maximum(count, 1), overall_cost)
-    return acc, cost
+    return _column_means(train.scores, train.costs, (np.nanmean(train.scores), np.nanmean(train.costs)))
 
 
 def constant_predictions(train: OutcomeTable, queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,16 +121,12 @@ def constant_predictions(train: OutcomeTable, queries: int) -> tuple[np.ndarray,
 
 def task_predictions(train: OutcomeTable, test_tasks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per (task, model) means from training; an unseen task or cell falls back to the model's mean."""
-    fallback_acc, fallback_cost = model_means(train)
+    fallback = model_means(train)
     tasks = np.array(train.tasks)
-    table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for task in set(test_tasks):
-        rows = tasks == task
-        scores, costs = train.scores[rows], train.costs[rows]
-        count = (~np.isnan(scores)).sum(0)
-        acc = np.where(count > 0, np.nansum(scores, 0) / np.maximum(count, 1), fallback_acc)
-        cost = np.where(count > 0, np.nansum(costs, 0) / np.maximum(count, 1), fallback_cost)
-        table[task] = (acc, cost)
+    table = {
+        task: _column_means(train.scores[tasks == task], train.costs[tasks == task], fallback)
+        for task in set(test_tasks)
+    }
     return (
         np.stack([table[t][0] for t in test_tasks]),
         np.stack([table[t][1] for t in test_tasks]),

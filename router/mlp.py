@@ -92,7 +92,7 @@ class Targets:
         return cls(
             x=torch.as_tensor(x, dtype=torch.float32),
             scores=torch.as_tensor(np.nan_to_num(table.scores), dtype=torch.float32),
-            z=torch.as_tensor(np.nan_to_num(scale.z(np.nan_to_num(table.costs, nan=1.0))), dtype=torch.float32),
+            z=torch.as_tensor(scale.z(np.where(mask, table.costs, 1.0)), dtype=torch.float32),
             mask=torch.as_tensor(mask, dtype=torch.float32),
         )
 

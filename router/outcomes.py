@@ -112,6 +112,21 @@ class OutcomeTable:
         return out
 
 
+def concat(tables: list[OutcomeTable]) -> OutcomeTable:
+    """The rows of several tables over the same models, in order."""
+    models = tables[0].models
+    if any(t.models != models for t in tables):
+        raise ValueError("tables list different models")
+    return OutcomeTable(
+        queries=tuple(q for t in tables for q in t.queries),
+        models=models,
+        scores=np.concatenate([t.scores for t in tables]),
+        costs=np.concatenate([t.costs for t in tables]),
+        tasks=tuple(x for t in tables for x in t.tasks),
+        clients=tuple(x for t in tables for x in t.clients),
+    )
+
+
 def estimated_cost(query: str, input_price: float, output_price: float) -> float:
     """USD for one answer: prompt tokens from the query's length, an assumed completion length."""
     prompt_tokens = math.ceil(len(query) / CHARS_PER_TOKEN)

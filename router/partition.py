@@ -9,7 +9,7 @@ selection. Test cells stay fully observed, because evaluation needs every model'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from thrifty.router.outcomes import OutcomeTable
@@ -46,7 +46,8 @@ class ClientData:
 
 def _assign_queries(tasks: tuple[str, ...], plan: PartitionPlan, rng: np.random.Generator) -> list[np.ndarray]:
     labels = sorted(set(tasks))
-    by_task = {label: np.flatnonzero(np.array(tasks) == label) for label in labels}
+    task_of = np.array(tasks)
+    by_task = {label: np.flatnonzero(task_of == label) for label in labels}
     for _ in range(1000):
         owners: list[list[int]] = [[] for _ in range(plan.clients)]
         for label in labels:
@@ -80,7 +81,7 @@ def partition(table: OutcomeTable, plan: PartitionPlan, seed: int) -> list[Clien
     for number, rows in enumerate(_assign_queries(table.tasks, plan, rng)):
         name = f"client-{number}"
         mine = table.subset(rng.permutation(rows))
-        mine = OutcomeTable(mine.queries, mine.models, mine.scores, mine.costs, mine.tasks, (name,) * len(mine))
+        mine = replace(mine, clients=(name,) * len(mine))
         n_test = max(1, round(len(mine) * plan.test_fraction))
         n_validation = round((len(mine) - n_test) * plan.validation_fraction)
         preference = rng.dirichlet(np.full(len(table.models), plan.model_alpha))
@@ -97,17 +98,3 @@ def partition(table: OutcomeTable, plan: PartitionPlan, seed: int) -> list[Clien
             )
         )
     return clients
-
-
-def concat(tables: list[OutcomeTable]) -> OutcomeTable:
-    models = tables[0].models
-    if any(t.models != models for t in tables):
-        raise ValueError("tables list different models")
-    return OutcomeTable(
-        queries=tuple(q for t in tables for q in t.queries),
-        models=models,
-        scores=np.concatenate([t.scores for t in tables]),
-        costs=np.concatenate([t.costs for t in tables]),
-        tasks=tuple(x for t in tables for x in t.tasks),
-        clients=tuple(x for t in tables for x in t.clients),
-    )

@@ -11,6 +11,7 @@ from thrifty.router.eval_log import EvalRecord
 from thrifty.router.outcomes import (
     ASSUMED_COMPLETION_TOKENS,
     OutcomeTable,
+    concat,
     estimated_cost,
     import_llmrouter,
 )
@@ -54,3 +55,17 @@ def test_llmrouter_import_prices_every_cell_with_the_documented_token_assumption
     small = table.models.index("qwen2.5-7b-instruct")
     assert (table.costs[:, big] > table.costs[:, small]).all()
     assert estimated_cost("abcd", 1.0, 0.0) == 1e-6
+
+
+def test_concat_keeps_rows_in_order() -> None:
+    table = OutcomeTable(
+        tuple(f"q{i}" for i in range(10)),
+        ("a", "b"),
+        np.arange(20.0).reshape(10, 2) / 20,
+        np.ones((10, 2)),
+        ("",) * 10,
+        ("",) * 10,
+    )
+    joined = concat([table.subset([0, 1]), table.subset([5])])
+    assert joined.queries == ("q0", "q1", "q5")
+    assert np.array_equal(joined.scores, table.scores[[0, 1, 5]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from thrifty.router.outcomes import OutcomeTable
-from thrifty.router.partition import PartitionPlan, concat, partition
+from thrifty.router.partition import PartitionPlan, partition
 
 
 def _table(queries: int = 600, models: int = 5, seed: int = 0) -> OutcomeTable:
@@ -53,10 +53,3 @@ def test_impossible_partitions_are_refused() -> None:
         partition(_table(queries=50), PartitionPlan(clients=10, min_queries=40), seed=0)
     with pytest.raises(ValueError):
         PartitionPlan(task_alpha=0)
-
-
-def test_concat_keeps_rows_in_order() -> None:
-    table = _table(queries=10)
-    joined = concat([table.subset([0, 1]), table.subset([5])])
-    assert joined.queries == ("q0", "q1", "q5")
-    assert np.array_equal(joined.scores, table.scores[[0, 1, 5]])
