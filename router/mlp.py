@@ -56,11 +56,11 @@ class RouterNet(nn.Module):
         self.trunk = nn.Sequential(
             nn.Linear(dim, width),
             nn.LayerNorm(width),
-            nn.GELU(),
+            nn.GELU(approximate="tanh"),
             nn.Dropout(dropout),
             nn.Linear(width, width),
             nn.LayerNorm(width),
-            nn.GELU(),
+            nn.GELU(approximate="tanh"),
             nn.Dropout(dropout),
         )
         self.width = width

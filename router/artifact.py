@@ -1,0 +1,198 @@
+"""Router artifacts: what ``thrifty train router`` writes and the gateway loads.
+
+A folder::
+
+    manifest.json          kind, version, family, models, embedder identity, inputs, training, metrics,
+                           and the SHA-256 of every other file; written last
+    weights.safetensors    the MLP's parameters, or the K-means centres and per-(cluster, model) means
+    embedder/              a static embedder travels with the router it was trained for (MiniLM comes
+                           from its package)
+
+Prediction here is NumPy only, so the gateway needs neither torch nor Flower: the MLP's forward pass is a
+few matrix products (the network uses the tanh form of GELU, which NumPy computes exactly as torch does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from thrifty.router.embedding import Embedder, MiniLmEmbedder, StaticEmbedder
+from thrifty.server.artifacts import sha256
+
+KIND = "thrifty.router"
+VERSION = 1
+WEIGHTS = "weights.safetensors"
+EMBEDDER_DIR = "embedder"
+Family = Literal["mlp", "kmeans"]
+LAYER_NORM_EPS = 1e-5
+
+
+class ArtifactError(ValueError):
+    """The folder is not a complete, intact router artifact of a version this code reads."""
+
+
+class Predictor(ABC):
+    """Expected accuracy and cost (USD) of every model of the artifact, for a batch of embeddings."""
+
+    @abstractmethod
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class MlpPredictor(Predictor):
+    def __init__(self, arrays: dict[str, np.ndarray], cost_mean: float, cost_std: float) -> None:
+        try:
+            self.trunk = [
+                (arrays[f"trunk.{i}.weight"].T.copy(), arrays[f"trunk.{i}.bias"])
+                for i in (0, 4)  # Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm, GELU, Dropout
+            ]
+            self.norms = [(arrays[f"trunk.{i}.weight"], arrays[f"trunk.{i}.bias"]) for i in (1, 5)]
+            heads = sorted({int(k.split(".")[1]) for k in arrays if k.startswith("heads.")})
+            self.head_w = np.stack([arrays[f"heads.{i}.weight"] for i in heads], axis=0)  # (M, 2, width)
+            self.head_b = np.stack([arrays[f"heads.{i}.bias"] for i in heads], axis=0)  # (M, 2)
+        except KeyError as exc:
+            raise ArtifactError(f"the MLP weights lack {exc}") from None
+        self.cost_mean, self.cost_std = cost_mean, cost_std
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = np.asarray(x, dtype=np.float32)
+        for (weight, bias), (gain, shift) in zip(self.trunk, self.norms, strict=True):
+            h = h @ weight + bias
+            mean = h.mean(-1, keepdims=True)
+            var = ((h - mean) ** 2).mean(-1, keepdims=True)
+            h = (h - mean) / np.sqrt(var + LAYER_NORM_EPS) * gain + shift
+            h = 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+        out = np.einsum("bw,mow->bmo", h, self.head_w) + self.head_b  # (batch, M, 2)
+        logits, z = out[..., 0].astype(np.float64), out[..., 1].astype(np.float64)
+        accuracy = 1.0 / (1.0 + np.exp(-logits))
+        return accuracy, np.exp(z * self.cost_std + self.cost_mean)
+
+
+class KMeansPredictor(Predictor):
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        try:
+            self.centres, self.accuracy, self.cost = arrays["centres"], arrays["accuracy"], arrays["cost"]
+        except KeyError as exc:
+            raise ArtifactError(f"the K-means arrays lack {exc}") from None
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.centres
+        d = (x**2).sum(1)[:, None] - 2 * x @ c.T + (c**2).sum(1)[None, :]
+        labels = d.argmin(1)
+        return self.accuracy[labels], self.cost[labels]
+
+
+@dataclass(frozen=True)
+class RouterArtifact:
+    family: Family
+    models: tuple[str, ...]
+    embedder: dict[str, Any]  # the identity of the embedder it was trained with
+    arrays: dict[str, np.ndarray]
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. the MLP's cost scale
+    inputs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def predictor(self) -> Predictor:
+        if self.family == "mlp":
+            return MlpPredictor(self.arrays, float(self.settings["cost_mean"]), float(self.settings["cost_std"]))
+        return KMeansPredictor(self.arrays)
+
+    def save(self, out: Path, embedder_folder: Path | None = None) -> Path:
+        """Write to ``out`` (which must not exist) through a staging folder: never a torn artifact."""
+        if out.exists():
+            raise FileExistsError(f"{out} exists; choose a new folder (artifacts are never overwritten)")
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(staging / WEIGHTS))
+        if self.embedder["kind"] == "static":
+            if embedder_folder is None:
+                raise ValueError("a router trained on a static embedder must be saved with that embedder")
+            shutil.copytree(embedder_folder, staging / EMBEDDER_DIR)
+        files = {str(p.relative_to(staging)): sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = {
+            "kind": KIND,
+            "version": VERSION,
+            "family": self.family,
+            "models": list(self.models),
+            "embedder": self.embedder,
+            "settings": self.settings,
+            "inputs": self.inputs,
+            "training": self.training,
+            "metrics": self.metrics,
+            "files": files,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+        os.replace(staging, out)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not a router artifact (no manifest.json; an interrupted job?)")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not JSON ({exc})") from None
+    if manifest.get("kind") != KIND:
+        raise ArtifactError(f"{folder} holds a '{manifest.get('kind')}' artifact, not a router")
+    if manifest.get("version") != VERSION:
+        raise ArtifactError(f"{folder}: router artifact version {manifest.get('version')}; this code reads {VERSION}")
+    return manifest
+
+
+def load_artifact(folder: Path) -> RouterArtifact:
+    """Read and verify every file against the manifest's hashes."""
+    manifest = read_manifest(folder)
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: {name} is missing")
+        if sha256(path) != digest:
+            raise ArtifactError(f"{folder}: {name} does not match its hash in the manifest")
+    arrays = load_file(str(folder / WEIGHTS))
+    family = manifest["family"]
+    if family not in ("mlp", "kmeans"):
+        raise ArtifactError(f"{folder}: unknown router family '{family}'")
+    return RouterArtifact(
+        family=family,
+        models=tuple(manifest["models"]),
+        embedder=manifest["embedder"],
+        arrays=arrays,
+        settings=manifest.get("settings", {}),
+        inputs=manifest.get("inputs", {}),
+        training=manifest.get("training", {}),
+        metrics=manifest.get("metrics", {}),
+    )
+
+
+def artifact_embedder(folder: Path, artifact: RouterArtifact) -> Embedder:
+    """The embedder the artifact was trained with; an EmbedderMismatch if what is here differs."""
+    kind = artifact.embedder.get("kind")
+    embedder: Embedder
+    if kind == "static":
+        embedder = StaticEmbedder(folder / EMBEDDER_DIR)
+    elif kind == "minilm":
+        embedder = MiniLmEmbedder()
+    else:
+        raise ArtifactError(f"{folder}: unknown embedder kind '{kind}'")
+    embedder.check(artifact.embedder)
+    return embedder

@@ -1,0 +1,152 @@
+"""The ClientApp: one organisation's side of router training, on Flower's Message API.
+
+Where a client's data lives: ``data-dir`` in the node's config (``flower-supernode --node-config
+'data-dir="/srv/logs"'``), or, in simulation, ``client-<partition-id>`` under the ``clients-dir`` the
+server names. ``embedder-dir`` in the node's config points at this organisation's copy of a static
+embedder; its identity must match the one the server names, or the client refuses to train.
+
+Messages it answers:
+- ``query.describe``: models evaluated (with cell counts), log-cost moments, a digest of the logs.
+- ``train`` / ``evaluate``: the MLP router's local epochs / validation loss (FedAvg).
+- ``query.centroids``, ``query.cells``, ``query.validate``: the K-means router's passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from thrifty.router.embedding import Embedder
+from thrifty.router.federated import local
+
+app = ClientApp()
+
+
+def _config(message: Message) -> ConfigRecord:
+    record = message.content.config_records.get("config")
+    return record if record is not None else ConfigRecord()
+
+
+def data_dir(context: Context, config: ConfigRecord) -> Path:
+    if "data-dir" in context.node_config:
+        return Path(str(context.node_config["data-dir"]))
+    if "partition-id" in context.node_config and "clients-dir" in config:
+        return Path(str(config["clients-dir"])) / f"client-{int(context.node_config['partition-id'])}"
+    raise ValueError("this node has no 'data-dir' in its node config (flower-supernode --node-config)")
+
+
+def _embedder(context: Context, config: ConfigRecord) -> Embedder:
+    folder = str(context.node_config.get("embedder-dir", config.get("embedder-dir", "")))
+    embedder = local.embedder_for(str(config["embedder"]), folder)
+    expected = {"kind": config["embedder"], "dim": int(config["embedder-dim"]), "sha256": config["embedder-sha256"]}
+    embedder.check(expected)
+    return embedder
+
+
+def _data(context: Context, config: ConfigRecord) -> local.LocalData:
+    models = tuple(str(m) for m in config["models"])  # type: ignore[union-attr]
+    return local.load_local(data_dir(context, config), models, _embedder(context, config))
+
+
+def _reply(message: Message, **records: ArrayRecord | MetricRecord | ConfigRecord) -> Message:
+    return Message(RecordDict(dict(records)), reply_to=message)
+
+
+def _arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in values.items()})
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+@app.query("describe")
+def describe(message: Message, context: Context) -> Message:
+    info = local.describe(data_dir(context, _config(message)))
+    return _reply(
+        message,
+        info=ConfigRecord({"models": info["models"], "digest": info["digest"]}),
+        metrics=MetricRecord(
+            {
+                "cells": info["cells"],
+                "cost-count": info["cost-count"],
+                "cost-sum": info["cost-sum"],
+                "cost-sum-sq": info["cost-sum-sq"],
+            }
+        ),
+    )
+
+
+def _mlp_round(config: ConfigRecord, context: Context) -> local.MlpRound:
+    # Every client draws its own batches: its node id keeps two clients from sharing a stream.
+    seed = int(config["seed"]) * 1_000_003 + int(config.get("server-round", 0)) * 7919 + context.node_id % 7901
+    return local.MlpRound(
+        width=int(config["width"]),
+        dropout=float(config["dropout"]),
+        learning_rate=float(config["learning-rate"]),
+        weight_decay=float(config["weight-decay"]),
+        batch_size=int(config["batch-size"]),
+        cost_weight=float(config["cost-weight"]),
+        cost_mean=float(config["cost-mean"]),
+        cost_std=float(config["cost-std"]),
+        epochs=int(config["local-epochs"]),
+        seed=seed,
+    )
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    state = _numpy(message.content.array_records["arrays"])
+    new_state, loss, cells = local.mlp_train(data, _mlp_round(config, context), state)
+    return _reply(
+        message,
+        arrays=_arrays(new_state),
+        metrics=MetricRecord({"train-loss": loss, "num-examples": cells}),
+    )
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    state = _numpy(message.content.array_records["arrays"])
+    loss, cells = local.mlp_validation(data, _mlp_round(config, context), state)
+    return _reply(message, metrics=MetricRecord({"validation-loss": loss, "num-examples": cells}))
+
+
+@app.query("centroids")
+def centroids(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    centres, sizes = local.local_centroids(data, int(config["local-k"]), int(config["seed"]))
+    return _reply(message, centroids=_arrays({"centres": centres, "sizes": sizes}))
+
+
+@app.query("cells")
+def cells(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    out: dict[str, np.ndarray] = {}
+    for name, array in message.content.array_records["centres"].items():
+        stats = local.cell_stats(data, array.numpy())
+        out |= {f"{name}/score": stats.score_sum, f"{name}/cost": stats.cost_sum, f"{name}/count": stats.count}
+    return _reply(message, stats=_arrays(out))
+
+
+@app.query("validate")
+def validate(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    record = message.content.array_records["models"]
+    errors: dict[str, float] = {}
+    for name in sorted({key.split("/")[0] for key in record}):
+        error, count = local.kmeans_validation(
+            data, record[f"{name}/centres"].numpy(), record[f"{name}/accuracy"].numpy()
+        )
+        errors[f"{name}/error"] = error
+        errors[f"{name}/count"] = count
+    return _reply(message, metrics=MetricRecord(errors))

@@ -1,0 +1,246 @@
+"""The ServerApp: coordinates router training and writes the artifact. It never sees a query.
+
+1. ``query.describe`` to every client: the models they evaluated and moments of their log-costs, so the
+   MLP's cost heads share one normalisation and the artifact lists every model.
+2. MLP: FedAvg (weighted by observed cells) for ``rounds`` rounds of ``local-epochs``; after each round the
+   clients report the global model's loss on their validation cells, and the round with the lowest
+   weighted loss is the one kept.
+   K-means: pass 1 collects clients' centroids and sizes; the server clusters them (weighted) into K
+   global centres for each candidate K; pass 2 collects per-(cluster, model) sums and counts; the K whose
+   model has the lowest squared error on the clients' validation cells is kept.
+3. The artifact goes to ``out`` with the training history in its manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from thrifty.router.artifact import RouterArtifact
+from thrifty.router.embedding import Embedder, load_embedder
+from thrifty.router.federated.plan import FederatedPlan
+from thrifty.router.kmeans import CellStats, KMeansRouterModel, kmeans
+
+logger = logging.getLogger(__name__)
+
+
+class FederationError(RuntimeError):
+    """Clients did not answer, or answered with an error."""
+
+
+def _wait_for_nodes(grid: Grid, plan: FederatedPlan) -> list[int]:
+    deadline = time.monotonic() + plan.timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= plan.min_clients:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FederationError(f"{len(nodes)} clients connected; the plan needs {plan.min_clients}")
+        time.sleep(1.0)
+
+
+def ask(grid: Grid, nodes: list[int], action: str, plan: FederatedPlan, **records: Any) -> list[Message]:
+    """Send ``query.<action>`` to every node; every node must answer without error."""
+    messages = [Message(RecordDict(dict(records)), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=plan.timeout))
+    failed = [reply.error.reason for reply in replies if reply.has_error()]
+    if failed or len(replies) < len(nodes):
+        reasons = "; ".join(failed) or "no reply"
+        raise FederationError(
+            f"{action}: {len(nodes) - len(replies) + len(failed)} of {len(nodes)} clients failed: {reasons}"
+        )
+    return replies
+
+
+def _common_config(plan: FederatedPlan, models: list[str], embedder: Embedder) -> dict[str, Any]:
+    identity = embedder.identity
+    return {
+        "models": models,
+        "embedder": identity["kind"],
+        "embedder-dim": identity["dim"],
+        "embedder-sha256": identity["sha256"],
+        "embedder-dir": plan.embedder_dir,
+        "clients-dir": plan.clients_dir,
+        "seed": plan.seed,
+    }
+
+
+class SnapshotFedAvg(FedAvg):
+    """FedAvg that keeps every round's global parameters, so the best round on validation can be kept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshots: dict[int, ArrayRecord] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        failed = [r.error.reason for r in replies if r.has_error()]
+        if failed:
+            raise FederationError(f"round {server_round}: clients failed to train: {'; '.join(failed)}")
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.snapshots[server_round] = arrays
+        return arrays, metrics
+
+
+def train_mlp(
+    grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder, moments: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    import torch
+    from thrifty.router.mlp import CostScale, RouterNet, state_arrays
+
+    scale = CostScale.from_moments(*moments)
+    torch.manual_seed(plan.seed)
+    net = RouterNet(embedder.dim, len(models), plan.width, plan.dropout)
+    per_round = max(1, round(plan.fraction_train * len(nodes)))
+    strategy = SnapshotFedAvg(
+        fraction_train=plan.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=min(per_round, len(nodes)),
+        min_evaluate_nodes=len(nodes),
+        min_available_nodes=len(nodes),
+    )
+    config = ConfigRecord(
+        _common_config(plan, models, embedder)
+        | {
+            "width": plan.width,
+            "dropout": plan.dropout,
+            "learning-rate": plan.learning_rate,
+            "weight-decay": plan.weight_decay,
+            "batch-size": plan.batch_size,
+            "cost-weight": plan.cost_weight,
+            "cost-mean": scale.mean,
+            "cost-std": scale.std,
+            "local-epochs": plan.local_epochs,
+        }
+    )
+    result = strategy.start(
+        grid,
+        ArrayRecord({name: Array(value) for name, value in state_arrays(net).items()}),
+        num_rounds=plan.rounds,
+        timeout=plan.timeout,
+        train_config=config,
+        evaluate_config=config,
+    )
+    validation = {r: float(m["validation-loss"]) for r, m in result.evaluate_metrics_clientapp.items()}
+    training = {r: float(m["train-loss"]) for r, m in result.train_metrics_clientapp.items()}
+    if not validation:
+        raise FederationError("no round was evaluated: no client has validation cells")
+    best = min(validation, key=lambda r: validation[r])
+    arrays = {name: array.numpy().astype(np.float32) for name, array in strategy.snapshots[best].items()}
+    settings = {"cost_mean": scale.mean, "cost_std": scale.std, "width": plan.width, "dropout": plan.dropout}
+    metrics = {
+        "selected_round": best,
+        "validation_loss": validation[best],
+        "validation_loss_by_round": [validation[r] for r in sorted(validation)],
+        "train_loss_by_round": [training[r] for r in sorted(training)],
+    }
+    return arrays, settings, metrics
+
+
+def train_kmeans(
+    grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    config = ConfigRecord(_common_config(plan, models, embedder) | {"local-k": plan.local_clusters})
+    # Pass 1: clients' own centroids and sizes.
+    replies = ask(grid, nodes, "centroids", plan, config=config)
+    centroids = np.concatenate([r.content.array_records["centroids"]["centres"].numpy() for r in replies])
+    sizes = np.concatenate([r.content.array_records["centroids"]["sizes"].numpy() for r in replies])
+    candidates = {f"k{k}": kmeans(centroids, k, plan.seed, weights=sizes)[0] for k in plan.candidate_clusters}
+    # Pass 2: per-(cluster, model) sums and counts for every candidate's centres.
+    centres = ArrayRecord({name: Array(c) for name, c in candidates.items()})
+    replies = ask(grid, nodes, "cells", plan, config=config, centres=centres)
+    totals: dict[str, CellStats] = {}
+    for reply in replies:
+        record = reply.content.array_records["stats"]
+        for name in candidates:
+            stats = CellStats(
+                record[f"{name}/score"].numpy(), record[f"{name}/cost"].numpy(), record[f"{name}/count"].numpy()
+            )
+            totals[name] = totals[name] + stats if name in totals else stats
+    fitted = {
+        name: KMeansRouterModel.from_stats(candidates[name], totals[name], plan.prior_weight) for name in candidates
+    }
+    # Pass 3: each candidate's squared error on the clients' validation cells.
+    record = ArrayRecord(
+        {f"{n}/{part}": Array(getattr(m, part)) for n, m in fitted.items() for part in ("centres", "accuracy")}
+    )
+    replies = ask(grid, nodes, "validate", plan, config=config, models=record)
+    error = {n: sum(float(r.content.metric_records["metrics"][f"{n}/error"]) for r in replies) for n in fitted}
+    count = {n: sum(float(r.content.metric_records["metrics"][f"{n}/count"]) for r in replies) for n in fitted}
+    if min(count.values()) == 0:
+        raise FederationError("no client has validation cells to choose K with")
+    loss = {n: error[n] / count[n] for n in fitted}
+    best = min(fitted, key=lambda n: (loss[n], int(n[1:])))
+    model = fitted[best]
+    arrays = {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
+    settings = {"clusters": int(best[1:]), "prior_weight": plan.prior_weight}
+    metrics = {
+        "selected_clusters": int(best[1:]),
+        "validation_mse": loss[best],
+        "validation_mse_by_clusters": {n[1:]: loss[n] for n in sorted(loss, key=lambda n: int(n[1:]))},
+    }
+    return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, settings, metrics
+
+
+def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
+    if not plan.out:
+        raise ValueError("the run config needs 'out', the folder for the artifact")
+    out = Path(plan.out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; artifacts are never overwritten")
+    embedder = load_embedder(plan.embedder, Path(plan.embedder_dir) if plan.embedder_dir else None)
+    nodes = _wait_for_nodes(grid, plan)
+    replies = ask(grid, nodes, "describe", plan, config=ConfigRecord({"clients-dir": plan.clients_dir}))
+    cells: dict[str, float] = {}
+    moments = np.zeros(3)
+    digests = []
+    for reply in replies:
+        info, numbers = reply.content.config_records["info"], reply.content.metric_records["metrics"]
+        for model, count in zip(info["models"], numbers["cells"], strict=True):  # type: ignore[arg-type]
+            cells[str(model)] = cells.get(str(model), 0) + float(count)
+        moments += [float(numbers["cost-count"]), float(numbers["cost-sum"]), float(numbers["cost-sum-sq"])]
+        digests.append(str(info["digest"]))
+    models = sorted(cells)
+    if not models:
+        raise FederationError("the clients' logs hold no observed cells")
+    logger.info("federation: %d clients, %d models, %d observed cells", len(nodes), len(models), moments[0])
+    if plan.family == "mlp":
+        arrays, settings, metrics = train_mlp(grid, plan, nodes, models, embedder, moments)
+    else:
+        arrays, settings, metrics = train_kmeans(grid, plan, nodes, models, embedder)
+    artifact = RouterArtifact(
+        family="mlp" if plan.family == "mlp" else "kmeans",
+        models=tuple(models),
+        embedder=embedder.identity,
+        arrays=arrays,
+        settings=settings,
+        inputs={"clients": len(nodes), "cells_by_model": cells, "log_digests": sorted(digests)},
+        training={"federated": True}
+        | {k: v for k, v in plan.to_run_config().items() if k not in ("out", "clients-dir")},
+        metrics=metrics,
+    )
+    return artifact.save(out, Path(plan.embedder_dir) if plan.embedder == "static" else None)
+
+
+def make_server_app(**overrides: Any) -> ServerApp:
+    """A ServerApp whose settings are the run config, with ``overrides`` on top (simulation passes its plan)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, FederatedPlan.from_run_config(dict(context.run_config), **overrides))
+
+    return server
+
+
+app = make_server_app()
