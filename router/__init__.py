@@ -1,10 +1,22 @@
 """Which model answers: the router stage's interface, its built-in policies and their registry."""
 
-from thrifty.router.base import ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
+from thrifty.router.base import (
+    AUTO,
+    InvalidRouting,
+    ModelCandidate,
+    NoRoute,
+    NothingToReload,
+    Router,
+    RoutingDecision,
+    RoutingRequest,
+)
 from thrifty.router.registry import ROUTERS, build_router
 
 __all__ = [
+    "AUTO",
     "ROUTERS",
+    "InvalidRouting",
+    "NothingToReload",
     "ModelCandidate",
     "NoRoute",
     "Router",

@@ -12,9 +12,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+AUTO = "auto"  # the virtual model that asks the router
+
 
 class NoRoute(Exception):
     """No candidate model can serve this request under this policy (the gateway answers 503)."""
+
+
+class InvalidRouting(ValueError):
+    """The client asked for routing in a way this router cannot honour (the gateway answers 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NothingToReload(Exception):
+    """The router has no artifact to read again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,19 @@ class Router(ABC):
     """Base class of routing policies."""
 
     name: ClassVar[str]
+
+    @property
+    def virtual_models(self) -> tuple[str, ...]:
+        """Model names clients may ask for to be routed by this policy (``auto`` and any presets)."""
+        return (AUTO,)
+
+    def status(self) -> dict[str, Any]:
+        """What the admin endpoint shows about the policy."""
+        return {}
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the policy's artifact again (learned routers); the new status."""
+        raise NothingToReload(f"router '{self.name}' has no artifact to reload")
 
     async def route(self, request: RoutingRequest, candidates: Sequence[ModelCandidate]) -> RoutingDecision:
         if not candidates:

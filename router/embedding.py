@@ -138,19 +138,28 @@ def load_embedder(kind: str, folder: Path | None = None) -> Embedder:
     raise ValueError(f"unknown embedder kind '{kind}'; choose minilm or static")
 
 
+def cache_file(embedder: Embedder, texts: Sequence[str], cache: Path) -> Path:
+    """Where :func:`cached_encode` keeps the vectors of ``texts`` under ``cache``."""
+    digest = hashlib.sha256(embedder.identity["sha256"].encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return cache / f"{embedder.kind}-{digest.hexdigest()[:24]}.npy"
+
+
+def store_cached(path: Path, vectors: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".partial.npy")
+    np.save(staging, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+    staging.replace(path)
+
+
 def cached_encode(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> np.ndarray:
     """Encode, reusing an earlier result for the same embedder and texts (a .npy file, no pickle)."""
     if cache is None:
         return embedder.encode(texts)
-    digest = hashlib.sha256(embedder.identity["sha256"].encode())
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode()).digest())
-    path = cache / f"{embedder.kind}-{digest.hexdigest()[:24]}.npy"
+    path = cache_file(embedder, texts, cache)
     if path.is_file():
         return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
     vectors = embedder.encode(texts)
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial.npy")
-    np.save(staging, vectors, allow_pickle=False)
-    staging.replace(path)
+    store_cached(path, vectors)
     return vectors

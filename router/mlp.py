@@ -7,7 +7,9 @@ centrally or in a Flower ClientApp) and serves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,10 +119,12 @@ def train_local(
     epochs: int,
     seed: int,
     heads_only: list[int] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """``epochs`` passes over the observed rows; returns the mean training loss of the last epoch.
 
     ``heads_only``: train just these heads, trunk and other heads frozen (adding a model later).
+    ``after_epoch(epoch)`` runs after each epoch (1-based), e.g. to check validation loss.
     """
     rows = torch.nonzero(data.mask.sum(1) > 0).squeeze(1)
     if len(rows) == 0:
@@ -133,7 +137,7 @@ def train_local(
     generator = torch.Generator().manual_seed(seed)
     net.train()
     last = float("nan")
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = rows[torch.randperm(len(rows), generator=generator)]
         total, batches = 0.0, 0
         for start in range(0, len(order), plan.batch_size):
@@ -146,6 +150,9 @@ def train_local(
             total += float(loss.item())
             batches += 1
         last = total / max(batches, 1)
+        if after_epoch is not None:
+            after_epoch(epoch)
+            net.train()
     net.eval()
     return last
 
@@ -170,3 +177,37 @@ def state_arrays(net: RouterNet) -> dict[str, np.ndarray]:
 
 def load_arrays(net: RouterNet, arrays: dict[str, np.ndarray]) -> None:
     net.load_state_dict({name: torch.as_tensor(value) for name, value in arrays.items()})
+
+
+def train_central(
+    x: np.ndarray,
+    train: OutcomeTable,
+    x_validation: np.ndarray,
+    validation: OutcomeTable,
+    plan: MlpPlan,
+    epochs: int,
+    seed: int,
+    scale: CostScale | None = None,
+) -> tuple[RouterNet, CostScale, dict[str, Any]]:
+    """One party with all the data: up to ``epochs`` epochs, keeping the epoch with the lowest validation
+    loss. Returns the network, its cost scale and the history."""
+    scale = scale or CostScale.fit(train.costs)
+    torch.manual_seed(seed)
+    net = RouterNet(x.shape[1], len(train.models), plan.width, plan.dropout)
+    data, held = Targets.build(x, train, scale), Targets.build(x_validation, validation, scale)
+    best: dict[str, Any] = {"epoch": 0, "loss": float("inf"), "state": state_arrays(net)}
+    history: list[float] = []
+
+    def check(epoch: int) -> None:
+        loss = evaluate_loss(net, held, plan) if held.cells else float("nan")
+        history.append(loss)
+        if loss < best["loss"] or held.cells == 0:
+            best.update(epoch=epoch, loss=loss, state=state_arrays(net))
+
+    train_local(net, data, plan, epochs, seed, after_epoch=check)
+    load_arrays(net, best["state"])
+    return (
+        net,
+        scale,
+        {"selected_epoch": best["epoch"], "validation_loss": best["loss"], "validation_loss_by_epoch": history},
+    )

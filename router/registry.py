@@ -11,6 +11,7 @@ ROUTERS: dict[str, str] = {
     "pinned": "thrifty.router.builtin:PinnedRouter",
     "cheapest": "thrifty.router.builtin:CheapestRouter",
     "round_robin": "thrifty.router.builtin:RoundRobinRouter",
+    "learned": "thrifty.router.learned:LearnedRouter",
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from thrifty.server.config import AuthConfig
-from thrifty.server.errors import RateLimited, Unauthorized
+from thrifty.server.errors import Forbidden, RateLimited, Unauthorized
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.ratelimit import Quota, RateLimiter
 
@@ -36,6 +36,7 @@ class Principal:
 
     name: str
     quota: Quota | None
+    admin: bool = False
 
 
 class AccessControl:
@@ -46,8 +47,9 @@ class AccessControl:
         self._by_hash: dict[str, Principal] = {}
         for key in auth.keys:
             quota = Quota(key.name, key.rpm or auth.rpm, key.tpm or auth.tpm)
-            self._by_hash[key.sha256] = Principal(key.name, None if quota.unlimited else quota)
-        self._anonymous = Principal(ANONYMOUS, None)
+            self._by_hash[key.sha256] = Principal(key.name, None if quota.unlimited else quota, key.admin)
+        # Without keys the gateway listens on loopback only (``thrifty serve`` insists): local callers are trusted.
+        self._anonymous = Principal(ANONYMOUS, None, admin=True)
 
     def identify(self, headers: Mapping[str, str]) -> Principal:
         if not self.enabled:
@@ -61,6 +63,12 @@ class AccessControl:
         if principal is None:
             self._metrics.auth_failures.inc()
             raise Unauthorized("the API key is not valid")
+        return principal
+
+    def identify_admin(self, headers: Mapping[str, str]) -> Principal:
+        principal = self.identify(headers)
+        if not principal.admin:
+            raise Forbidden(f"the key '{principal.name}' may not call admin endpoints (set admin: true on a key)")
         return principal
 
     async def admit(self, headers: Mapping[str, str]) -> Principal:

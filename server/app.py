@@ -7,8 +7,9 @@ import contextlib
 import inspect
 import logging
 import os
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from thrifty.budgeter import build_budgeter
-from thrifty.router import build_router
+from thrifty.router import NothingToReload, Router, build_router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import BackendPool
@@ -39,7 +40,8 @@ from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes
 from thrifty.server.ops import api_router as ops_routes
-from thrifty.server.pipeline import AUTO_MODEL, Pipeline, error_response
+from thrifty.server.ops.api_router import reload_router
+from thrifty.server.pipeline import Pipeline, error_response
 from thrifty.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from thrifty.server.sessions import api_router as session_routes
 from thrifty.server.sessions.manager import SessionManager
@@ -51,11 +53,40 @@ from thrifty.server.state import GatewayState
 logger = logging.getLogger(__name__)
 
 
-def _models_body(pool: BackendPool) -> bytes:
+def _models_body(pool: BackendPool, router: Router) -> bytes:
     created = int(time.time())
-    data = [{"id": m, "object": "model", "created": created, "owned_by": "thrifty"} for m in pool.models]
-    data.append({"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "thrifty"})
+    names = [*pool.models, *router.virtual_models]
+    data = [{"id": m, "object": "model", "created": created, "owned_by": "thrifty"} for m in names]
     return orjson.dumps({"object": "list", "data": data})
+
+
+def _reload_on_sighup(router: Router, metrics: GatewayMetrics) -> Callable[[], None]:
+    """SIGHUP reloads the router (where the loop can take signals); returns the undo."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def reload() -> None:
+        try:
+            await reload_router(router, metrics)
+        except NothingToReload as exc:
+            logger.warning("SIGHUP: %s", exc)
+        except (OSError, ValueError) as exc:  # a missing, torn or mismatched artifact
+            logger.error("SIGHUP: router reload failed, still serving the previous artifact: %s", exc)
+
+    def on_signal() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_signal)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 def _stores(config: GatewayConfig) -> tuple[SessionStore, RateLimiter]:
@@ -96,13 +127,16 @@ def build_app(config: GatewayConfig) -> FastAPI:
             sessions=sessions,
             chat=chat_serving(pipeline, limit),
             completions=completion_serving(pipeline, limit),
-            models_body=_models_body(pool),
+            models_body=_models_body(pool, router),
+            router=router,
         )
+        hangup = _reload_on_sighup(router, metrics)
         await pool.check_health(session)
         checker = asyncio.create_task(pool.run_health_checks(session), name="thrifty-health")
         try:
             yield
         finally:
+            hangup()
             checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checker

@@ -131,6 +131,7 @@ class ApiKey(_Strict):
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     rpm: int | None = Field(None, ge=1, description="requests per minute; default: auth.rpm")
     tpm: int | None = Field(None, ge=1, description="tokens per minute; default: auth.tpm")
+    admin: bool = Field(False, description="may call the /admin endpoints (e.g. reload the router)")
 
 
 class AuthConfig(_Strict):
@@ -213,8 +214,11 @@ class GatewayConfig(_Strict):
         ports = [b.launch.port for b in self.backends if b.launch is not None]
         if len(ports) != len(set(ports)):
             raise ValueError("launched backends need distinct ports")
-        if "auto" in {b.model for b in self.backends}:
-            raise ValueError("'auto' is the router's virtual model and cannot name a backend's model")
+        virtual = sorted({b.model for b in self.backends if b.model == "auto" or b.model.startswith("auto:")})
+        if virtual:
+            raise ValueError(
+                f"'auto' and 'auto:<preset>' are the router's virtual models; no backend may serve '{virtual[0]}'"
+            )
         # Replicas of one model must describe it alike: the router and budgeter see one description.
         described: dict[str, BackendConfig] = {}
         for b in self.backends:

@@ -65,6 +65,24 @@ class Unauthorized(GatewayError):
     default_code = "invalid_api_key"
 
 
+class Forbidden(GatewayError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "forbidden"
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class UnprocessableArtifact(GatewayError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    default_code = "router_reload_failed"
+
+
 class RateLimited(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"

@@ -23,6 +23,8 @@ from thrifty.server.config import ENV_PROMETHEUS_MULTIPROC_DIR
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+_ACCURACY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_COST_BUCKETS = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1)
 _BUDGET_BUCKETS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 # Labels used when a request fails before a model or backend is known.
@@ -86,6 +88,26 @@ class GatewayMetrics:
             "thrifty_routing_decisions_total",
             "Routing decisions, by policy and chosen model.",
             ["policy", "model"],
+            registry=r,
+        )
+        self.predicted_accuracy = Histogram(
+            "thrifty_routing_predicted_accuracy",
+            "A learned router's predicted accuracy of the model it chose, by model.",
+            ["model"],
+            buckets=_ACCURACY_BUCKETS,
+            registry=r,
+        )
+        self.predicted_cost = Histogram(
+            "thrifty_routing_predicted_cost_usd",
+            "A learned router's predicted cost (USD) of the request on the model it chose, by model.",
+            ["model"],
+            buckets=_COST_BUCKETS,
+            registry=r,
+        )
+        self.router_reloads = Counter(
+            "thrifty_router_reloads_total",
+            "Reloads of the router's artifact, by outcome (ok, failed).",
+            ["outcome"],
             registry=r,
         )
         self.thinking_budget = Histogram(

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
 from thrifty.budgeter import Budgeter, BudgetRequest
-from thrifty.router import NoRoute, Router, RoutingDecision, RoutingRequest
+from thrifty.router import AUTO, InvalidRouting, NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.server.access import AccessControl, Principal
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import Backend, BackendPool
@@ -33,6 +33,7 @@ from thrifty.server.errors import (
     BackendTimeout,
     BackendUnavailable,
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     sse_error_event,
 )
@@ -43,7 +44,7 @@ from thrifty.server.sessions.model import Turn
 logger = logging.getLogger(__name__)
 
 Endpoint = Literal["chat", "completions"]
-AUTO_MODEL = "auto"
+AUTO_MODEL = AUTO
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _RETRY_STATUSES = frozenset({502, 503})
 _SSE_SEPARATOR = b"\n\n"
@@ -77,6 +78,7 @@ class RequestOutcome:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     finish_reason: str | None = None
+    routing: dict[str, float] | None = None  # the router's predictions behind its choice
 
     def count_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -104,6 +106,7 @@ class RequestOutcome:
             latency_s=round(time.perf_counter() - self.started, 6),
             finish_reason=self.finish_reason,
             at=time.time(),
+            routing=self.routing,
         )
 
     def finish(self, status: int) -> None:
@@ -171,6 +174,10 @@ class Pipeline:
         outcome.headers["x-thrifty-model"] = decision.model
         if decision.policy:
             outcome.headers["x-thrifty-routing-policy"] = decision.policy
+        if decision.details:
+            outcome.routing = {key: float(value) for key, value in decision.details.items()}
+            for key, value in decision.details.items():
+                outcome.headers[f"x-thrifty-routing-{key}"] = f"{value:.6g}"
         body["model"] = decision.model
         if endpoint == "chat":
             await self._apply_budget(decision.model, body, outcome)
@@ -191,7 +198,7 @@ class Pipeline:
 
     async def _route(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str]) -> RoutingDecision:
         requested = body["model"]
-        if requested != AUTO_MODEL:
+        if requested not in self.router.virtual_models:
             if requested not in self.pool.by_model:
                 raise ModelNotFound(f"the model '{requested}' does not exist", param="model")
             return RoutingDecision(requested, "")
@@ -201,7 +208,13 @@ class Pipeline:
             )
         except NoRoute as exc:
             raise BackendUnavailable(f"no backend can serve this request: {exc}") from None
-        self.metrics.routing_decisions.labels(self.router.name, decision.model).inc()
+        except InvalidRouting as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
+        m = self.metrics
+        m.routing_decisions.labels(self.router.name, decision.model).inc()
+        if "accuracy" in decision.details and "cost" in decision.details:
+            m.predicted_accuracy.labels(decision.model).observe(decision.details["accuracy"])
+            m.predicted_cost.labels(decision.model).observe(decision.details["cost"])
         return decision
 
     async def _apply_budget(self, model: str, body: dict[str, Any], outcome: RequestOutcome) -> None:

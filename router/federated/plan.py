@@ -27,6 +27,7 @@ class FederatedPlan:
     embedder_dir: str = ""  # a static embedder's folder (on the server, and by default on clients)
     clients_dir: str = ""  # simulation: client-<partition-id> folders; nodes with a data-dir ignore it
     out: str = ""  # where the server writes the artifact
+    data_sha256: str = ""  # simulation: a digest of the data the clients were drawn from (for the manifest)
     timeout: float = 900.0  # seconds to wait for clients' replies in one step
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ class Turn:
     latency_s: float
     finish_reason: str | None
     at: float  # unix time the turn finished
+    routing: dict[str, float] | None = None  # a learned router's λ and predicted accuracy and cost
 
     @property
     def spent(self) -> int:

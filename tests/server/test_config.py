@@ -64,7 +64,7 @@ def test_environment_overrides_urls_and_secrets(tmp_path: Path) -> None:
         ("backends: [{name: 'a b', model: m, url: 'http://h'}]", "backends.0.name: String should match"),
         ("backends: [{name: a, model: m, url: 'http://h', colour: red}]", "backends.0.colour: Extra inputs"),
         ("backends: [{name: a, model: m, url: 'http://h'}, {name: a, model: n, url: 'http://h'}]", "repeated: a"),
-        ("backends: [{name: a, model: auto, url: 'http://h'}]", "'auto' is the router's virtual model"),
+        ("backends: [{name: a, model: auto, url: 'http://h'}]", "no backend may serve 'auto'"),
         (
             "backends: [{name: a, model: m, url: 'http://h'}, {name: b, model: m, url: 'http://i', reasoning: true}]",
             "backends 'a' and 'b' both serve 'm' but give different reasoning",
@@ -90,7 +90,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("router", "budgeter", "expected"),
     [
-        ({"magic": {}}, {"none": {}}, "unknown router 'magic'; choose one of: cheapest, pinned, round_robin"),
+        ({"magic": {}}, {"none": {}}, "unknown router 'magic'; choose one of: cheapest, learned, pinned, round_robin"),
         ({"pinned": {}}, {"none": {}}, "router 'pinned': invalid options"),
         ({"pinned": {"model": "other"}}, {"none": {}}, "names model 'other', which no backend serves"),
         ({"cheapest": {}}, {"static": {"budget": -5}}, "integer >= 0"),

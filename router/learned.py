@@ -1,0 +1,165 @@
+"""The learned router in the gateway: a trained artifact predicts each model's accuracy A and cost C for the
+request, and the gateway sends it to argmax A − λ·C over the models that have a healthy backend.
+
+λ (accuracy per USD: λ = 1000 means one accuracy point, 1.0, is worth $0.001 per request) is chosen per
+request, without retraining: the virtual model ``auto`` uses ``lambda``; ``auto:<preset>`` uses a named
+preset; an ``x-thrifty-lambda`` header overrides both. The artifact is loaded at start and again on
+:meth:`LearnedRouter.reload` (SIGHUP or ``POST /admin/router/reload``): the new one is read and checked
+off the event loop, then swapped in at once, so requests in flight finish on the old one and none is
+dropped; a reload that fails keeps the old artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
+from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
+from thrifty.router.embedding import Embedder
+
+LAMBDA_HEADER = "x-thrifty-lambda"
+MAX_QUERY_CHARS = 4000  # the embedder reads at most 256 tokens; the request's end is what it is asked
+
+
+@dataclass(frozen=True)
+class Loaded:
+    folder: Path
+    artifact: RouterArtifact
+    embedder: Embedder
+    predictor: Predictor
+    column: dict[str, int]
+    loaded_at: float
+
+    @classmethod
+    def read(cls, folder: Path) -> Loaded:
+        artifact = load_artifact(folder)
+        embedder = artifact_embedder(folder, artifact)
+        return cls(
+            folder,
+            artifact,
+            embedder,
+            artifact.predictor(),
+            {m: j for j, m in enumerate(artifact.models)},
+            time.time(),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "artifact": str(self.folder),
+            "family": self.artifact.family,
+            "models": list(self.artifact.models),
+            "embedder": self.artifact.embedder["kind"],
+            "loaded_at": self.loaded_at,
+        }
+
+
+def query_text(body: Mapping[str, Any]) -> str:
+    """What the router embeds: the last user message of a chat (text parts joined), or the prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content[-MAX_QUERY_CHARS:]
+                if isinstance(content, list):
+                    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                    return "\n".join(str(p) for p in parts)[-MAX_QUERY_CHARS:]
+        return ""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
+    return str(prompt or "")[-MAX_QUERY_CHARS:]
+
+
+def parse_lambda(value: str) -> float:
+    try:
+        lam = float(value)
+    except ValueError:
+        lam = math.nan
+    if not math.isfinite(lam) or lam < 0:
+        raise InvalidRouting(f"the {LAMBDA_HEADER} header must be a number ≥ 0, not '{value}'", param=LAMBDA_HEADER)
+    return lam
+
+
+class LearnedRouter(Router):
+    """Options: ``artifact`` (folder), ``lambda`` (for ``auto``), ``presets`` ({name: λ}, served as
+    ``auto:<name>``)."""
+
+    name = "learned"
+
+    def __init__(self, artifact: str, presets: Mapping[str, float] | None = None, **options: Any) -> None:
+        unknown = set(options) - {"lambda"}
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)}; the learned router takes artifact, lambda, presets")
+        self.default_lambda = float(options.get("lambda", 0.0))
+        presets = dict(presets or {"cheap": 30000.0, "balanced": 3000.0, "best": 0.0})
+        for preset, lam in [("lambda", self.default_lambda), *presets.items()]:
+            if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"λ '{preset}' must be a number ≥ 0, not {lam!r}")
+            if preset != "lambda" and not preset.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"preset name '{preset}' may use letters, digits, '-' and '_' only")
+        self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in presets.items()}
+        self.folder = Path(artifact)
+        try:
+            self._loaded = Loaded.read(self.folder)
+        except (OSError, ValueError) as exc:  # ArtifactError and EmbedderMismatch are ValueErrors
+            raise ValueError(f"router artifact {self.folder}: {exc}") from None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def virtual_models(self) -> tuple[str, ...]:
+        return (AUTO, *self.presets)
+
+    @property
+    def loaded(self) -> Loaded:
+        return self._loaded
+
+    def status(self) -> dict[str, Any]:
+        return self._loaded.describe() | {"lambda": self.default_lambda, "presets": self.presets}
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the artifact folder again; swap only once the new one is complete and checked."""
+        async with self._reload_lock:
+            fresh = await asyncio.to_thread(Loaded.read, self.folder)
+            self._loaded = fresh
+        return self.status()
+
+    def _lambda(self, request: RoutingRequest) -> float:
+        header = request.headers.get(LAMBDA_HEADER)
+        if header is not None:
+            return parse_lambda(header)
+        return self.presets.get(request.requested_model, self.default_lambda)
+
+    def score(self, loaded: Loaded, text: str) -> tuple[np.ndarray, np.ndarray]:
+        x = loaded.embedder.encode([text or " "])
+        accuracy, cost = loaded.predictor.predict(x)
+        return accuracy[0], cost[0]
+
+    async def choose(self, request: RoutingRequest, candidates: Sequence[ModelCandidate]) -> RoutingDecision:
+        lam = self._lambda(request)
+        loaded = self._loaded  # one artifact for the whole decision, even if a reload lands meanwhile
+        usable = [c.name for c in candidates if c.name in loaded.column]
+        if not usable:
+            raise NoRoute("none of the models the router was trained for has a healthy backend")
+        text = query_text(request.body)
+        if loaded.embedder.kind == "static":
+            accuracy, cost = self.score(loaded, text)  # well under a millisecond
+        else:
+            accuracy, cost = await asyncio.to_thread(self.score, loaded, text)
+        columns = [loaded.column[name] for name in usable]
+        utility = accuracy[columns] - lam * cost[columns]
+        best = int(np.argmax(utility))
+        chosen = columns[best]
+        return RoutingDecision(
+            usable[best],
+            self.name,
+            {"lambda": lam, "accuracy": float(accuracy[chosen]), "cost": float(cost[chosen])},
+        )

@@ -1,0 +1,85 @@
+"""Router artifacts: NumPy prediction equals the trained network's, hashes guard the files, saving is atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from thrifty.router.artifact import ArtifactError, RouterArtifact, artifact_embedder, load_artifact
+from thrifty.router.embedding import EmbedderMismatch
+from thrifty.router.mlp import CostScale, RouterNet, predict, state_arrays
+
+from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
+
+
+def test_numpy_mlp_prediction_matches_torch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = RouterNet(dim=24, models=3, width=64).eval()
+    scale = CostScale(mean=-9.0, std=1.5)
+    x = np.random.default_rng(0).normal(size=(5, 24)).astype(np.float32)
+    expected_acc, expected_cost = predict(net, x, scale)
+    artifact = RouterArtifact(
+        "mlp",
+        ("a", "b", "c"),
+        {"kind": "minilm", "dim": 24, "sha256": "0"},
+        state_arrays(net),
+        settings={"cost_mean": scale.mean, "cost_std": scale.std},
+    )
+    artifact.save(tmp_path / "r")
+    acc, cost = load_artifact(tmp_path / "r").predictor().predict(x)
+    np.testing.assert_allclose(acc, expected_acc, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cost, expected_cost, rtol=1e-4)
+
+
+def test_kmeans_artifact_round_trip_with_its_embedder(tmp_path: Path) -> None:
+    embedder = tiny_static_embedder(tmp_path / "emb")
+    two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    loaded = load_artifact(tmp_path / "r")
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["kind"] == "thrifty.router" and manifest["models"] == ["big", "small"]
+    assert "embedder/model.safetensors" in manifest["files"]
+    travelled = artifact_embedder(tmp_path / "r", loaded)  # the copy inside the artifact, checked
+    accuracy, _ = loaded.predictor().predict(travelled.encode([MATH, POEM]))
+    np.testing.assert_allclose(accuracy, [[0.9, 0.2], [0.85, 0.8]], rtol=1e-6)
+
+
+def test_tampered_or_incomplete_artifacts_are_refused(tmp_path: Path) -> None:
+    embedder = tiny_static_embedder(tmp_path / "emb")
+    two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    with pytest.raises(FileExistsError):
+        two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    weights = tmp_path / "r" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match its hash"):
+        load_artifact(tmp_path / "r")
+    (tmp_path / "r" / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_artifact(tmp_path / "r")
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_artifact(tmp_path / "nowhere")
+
+
+def test_an_artifact_with_another_embedder_is_an_error(tmp_path: Path) -> None:
+    embedder = tiny_static_embedder(tmp_path / "emb", seed=0)
+    two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    other = tiny_static_embedder(tmp_path / "other", seed=1)
+    with pytest.raises(EmbedderMismatch, match="trained with embedder"):
+        other.check(load_artifact(tmp_path / "r").embedder)
+    # Swapping the embedder inside the artifact is caught by the hashes before anything is used.
+    (tmp_path / "r" / "embedder" / "model.safetensors").write_bytes(
+        (tmp_path / "other" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(ArtifactError):
+        load_artifact(tmp_path / "r")
+
+
+def test_a_failed_save_leaves_no_artifact(tmp_path: Path) -> None:
+    artifact = RouterArtifact(
+        "kmeans", ("a",), {"kind": "static", "dim": 2, "sha256": "0"}, {"centres": np.zeros((1, 2))}
+    )
+    with pytest.raises(ValueError, match="saved with that embedder"):
+        artifact.save(tmp_path / "r")
+    assert not (tmp_path / "r").exists()
