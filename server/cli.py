@@ -36,6 +36,10 @@ world_app = typer.Typer(
     help="The reasoning world: GSM8K calculator chains and the solvers trained on them.", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+train_app = typer.Typer(help="Offline training jobs that export artifacts the gateway loads.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+router_app = typer.Typer(help="Router artifacts: embedders and models added after training.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
 
@@ -114,6 +118,107 @@ def world_build(
             f"{unlimited['problem_accuracy']:.3f} (thinking not limited)"
         )
     typer.echo(f"world ready: {out / 'manifest.json'}; results: {out / 'report' / 'RESULTS.md'}")
+
+
+@train_app.command("router")
+def train_router_command(
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="evaluation log (JSONL) or the LLMRouter folder; repeatable"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="artifact folder to create")] = Path("data/router/mlp"),
+    family: Annotated[str, typer.Option(help="mlp or kmeans")] = "mlp",
+    federated: Annotated[bool, typer.Option("--federated/--central", help="Flower federation or pooled data")] = False,
+    clients: Annotated[int | None, typer.Option(help="simulate this many organisations (Dirichlet split)")] = None,
+    clients_dir: Annotated[
+        Path | None, typer.Option("--clients-dir", help="folders client-<i> with each organisation's logs")
+    ] = None,
+    embedder: Annotated[str, typer.Option(help="static (fast; needs --embedder-dir) or minilm")] = "static",
+    embedder_dir: Annotated[Path | None, typer.Option("--embedder-dir", help="a static embedder's folder")] = None,
+    rounds: Annotated[int, typer.Option(help="MLP: federated rounds (central: rounds × local epochs)")] = 20,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", help="MLP: epochs per client and round")] = 2,
+    fraction: Annotated[float, typer.Option(help="share of the clients that train in a round")] = 1.0,
+    clusters: Annotated[str, typer.Option(help="K-means: candidate K, chosen on validation cells")] = "4,8,16,32",
+    seed: Annotated[int, typer.Option(help="partition and training seed")] = 0,
+) -> None:
+    """Train a router (MLP or K-means, federated on Flower or centralised) and write its artifact."""
+    from thrifty.router.embedding import EmbedderMismatch
+    from thrifty.router.eval_log import EvalLogError
+    from thrifty.router.training import TrainRequest, train_router
+
+    if family not in ("mlp", "kmeans"):
+        raise _fail("--family must be mlp or kmeans")
+    if embedder == "static" and embedder_dir is None:
+        raise _fail("a static embedder needs --embedder-dir (make one with `thrifty router distill-embedder`)")
+    if not data and clients_dir is None:
+        raise _fail("give --data (logs or the LLMRouter folder) or --clients-dir")
+    if federated:
+        try:
+            import flwr  # noqa: F401
+        except ImportError:
+            raise _fail(
+                "federated training runs on Flower, which lives in the router-training environment: "
+                "make router-env, then .venv-router/bin/thrifty train router ..."
+            ) from None
+    request = TrainRequest(
+        data=list(data or []),
+        out=out,
+        family=family,
+        federated=federated,
+        clients=clients,
+        clients_dir=clients_dir,
+        embedder=embedder,
+        embedder_dir=embedder_dir,
+        seed=seed,
+        settings={"rounds": rounds, "local_epochs": local_epochs, "fraction_train": fraction, "clusters": clusters},
+    )
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        path = train_router(request)
+    except (OSError, ValueError, EvalLogError, EmbedderMismatch, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    from thrifty.router.artifact import read_manifest
+
+    manifest = read_manifest(path)
+    typer.echo(f"router artifact: {path} ({manifest['family']}, {len(manifest['models'])} models)")
+    for key, value in manifest["metrics"].items():
+        if not isinstance(value, (list, dict)):
+            typer.echo(f"  {key}: {value}")
+
+
+@router_app.command("distill-embedder")
+def router_distill(
+    out: Annotated[Path, typer.Option("--out", help="folder to create")] = Path("data/router/static"),
+    dims: Annotated[int, typer.Option(help="dimensions kept by PCA")] = 256,
+) -> None:
+    """Distil all-MiniLM-L6-v2 into a static model2vec embedder (needs the router-training environment)."""
+    from thrifty.router.embedding import distill_static
+
+    try:
+        embedder = distill_static(out, pca_dims=dims)
+    except ImportError:
+        raise _fail("distillation needs model2vec's distill extra: make router-env, then use .venv-router") from None
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"static embedder: {out} ({embedder.dim} dimensions)")
+
+
+@router_app.command("add-model")
+def router_add_model(
+    artifact: Annotated[Path, typer.Option("--artifact", help="the router to extend")],
+    data: Annotated[Path, typer.Option("--data", help="calibration log (JSONL) with the new model's outcomes")],
+    model: Annotated[str, typer.Option("--model", help="the new model's name")],
+    out: Annotated[Path, typer.Option("--out", help="artifact folder to create")],
+) -> None:
+    """Teach a router a new model: its MLP head or its K-means cell statistics only."""
+    from thrifty.router.eval_log import EvalLogError, read_eval_log
+    from thrifty.router.extend import add_model
+
+    try:
+        path = add_model(artifact, list(read_eval_log(data)), model, out)
+    except (OSError, ValueError, EvalLogError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"router artifact: {path} (now also routes to '{model}')")
 
 
 def _is_loopback(host: str) -> bool:

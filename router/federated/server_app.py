@@ -224,9 +224,14 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
         embedder=embedder.identity,
         arrays=arrays,
         settings=settings,
-        inputs={"clients": len(nodes), "cells_by_model": cells, "log_digests": sorted(digests)},
+        inputs={
+            "clients": len(nodes),
+            "cells_by_model": cells,
+            "log_digests": sorted(digests),
+            "data_sha256": plan.data_sha256,
+        },
         training={"federated": True}
-        | {k: v for k, v in plan.to_run_config().items() if k not in ("out", "clients-dir")},
+        | {k: v for k, v in plan.to_run_config().items() if k not in ("out", "clients-dir", "data-sha256")},
         metrics=metrics,
     )
     return artifact.save(out, Path(plan.embedder_dir) if plan.embedder == "static" else None)

@@ -1,0 +1,99 @@
+"""Federated router training on Flower's Simulation Engine: both families learn who is right where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from thrifty.router import ModelCandidate, RoutingRequest
+from thrifty.router.federated.plan import FederatedPlan
+from thrifty.router.federated.simulation import SimulationFailed, simulate
+from thrifty.router.learned import LearnedRouter
+from thrifty.router.training import TrainRequest, train_router
+
+from tests.federated.synthetic import MATH_PROBE, POEM_PROBE, write_log
+from tests.router.fixtures import tiny_static_embedder
+
+CANDIDATES = [ModelCandidate("big", 10, 30, False, 4096), ModelCandidate("small", 0.1, 0.3, False, 4096)]
+SMALL_MLP = {"rounds": 6, "local_epochs": 3, "width": 64, "learning_rate": 3e-3, "clusters": "2,4"}
+
+
+async def routes(artifact: Path, text: str, lam: float) -> str:
+    router = LearnedRouter(str(artifact), presets={})
+    request = RoutingRequest(
+        "chat", "auto", {"messages": [{"role": "user", "content": text}]}, {"x-thrifty-lambda": str(lam)}
+    )
+    return (await router.route(request, CANDIDATES)).model
+
+
+@pytest.mark.parametrize("family", ["mlp", "kmeans"])
+async def test_federated_training_learns_who_is_right_where(tmp_path: Path, family: str) -> None:
+    tiny_static_embedder(tmp_path / "emb")
+    log = write_log(tmp_path / "eval.jsonl")
+    out = train_router(
+        TrainRequest(
+            data=[log],
+            out=tmp_path / "router",
+            family=family,
+            federated=True,
+            embedder="static",
+            embedder_dir=tmp_path / "emb",
+            settings=SMALL_MLP,
+        )
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["federated"] is True and manifest["inputs"]["clients"] == 3
+    assert len(manifest["inputs"]["log_digests"]) == 3 and manifest["models"] == ["big", "small"]
+    assert manifest["inputs"]["data_sha256"]
+    if family == "mlp":
+        losses = manifest["metrics"]["validation_loss_by_round"]
+        assert len(losses) == 6 and manifest["metrics"]["validation_loss"] == min(losses)
+    else:
+        assert manifest["metrics"]["selected_clusters"] in (2, 4)
+    # Nothing in the artifact is a query: the server never saw one.
+    text = "".join(p.read_text(errors="ignore") for p in out.glob("*.json"))
+    assert "derivative" not in text and "poem" not in text
+    # λ = 300 per USD: maths goes to the big model, poems to the small one; accuracy-only λ: big for both.
+    assert await routes(out, MATH_PROBE, 300) == "big"
+    assert await routes(out, POEM_PROBE, 300) == "small"
+    assert await routes(out, POEM_PROBE, 0) == "big"
+
+
+async def test_client_sampling_and_central_training_give_the_same_interface(tmp_path: Path) -> None:
+    tiny_static_embedder(tmp_path / "emb")
+    log = write_log(tmp_path / "eval.jsonl", clients=4)
+    common = {"data": [log], "family": "mlp", "embedder": "static", "embedder_dir": tmp_path / "emb"}
+    half = train_router(
+        TrainRequest(out=tmp_path / "half", federated=True, settings=SMALL_MLP | {"fraction_train": 0.5}, **common)
+    )
+    assert json.loads((half / "manifest.json").read_text())["training"]["fraction-train"] == 0.5
+    central = train_router(TrainRequest(out=tmp_path / "central", federated=False, settings=SMALL_MLP, **common))
+    manifest = json.loads((central / "manifest.json").read_text())
+    assert manifest["training"]["federated"] is False and manifest["metrics"]["selected_epoch"] >= 1
+    assert await routes(central, MATH_PROBE, 300) == "big" and await routes(central, POEM_PROBE, 300) == "small"
+
+
+def test_a_client_without_data_fails_the_run_with_the_reason(tmp_path: Path) -> None:
+    tiny_static_embedder(tmp_path / "emb")
+    for i in range(2):
+        (tmp_path / "clients" / f"client-{i}").mkdir(parents=True)
+    write_log(tmp_path / "clients" / "client-0" / "train.jsonl", clients=1)
+    plan = FederatedPlan(
+        family="kmeans",
+        embedder_dir=str(tmp_path / "emb"),
+        clients_dir=str(tmp_path / "clients"),
+        out=str(tmp_path / "router"),
+        timeout=60,
+    )
+    with pytest.raises(SimulationFailed, match="has no train.jsonl"):
+        simulate(plan, 2)
+    assert not (tmp_path / "router").exists()
+
+
+def test_run_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown router training setting 'epochs'"):
+        FederatedPlan.from_run_config({"epochs": 3})
+    with pytest.raises(ValueError, match="family must be mlp or kmeans"):
+        FederatedPlan.from_run_config({"family": "forest"})
+    assert FederatedPlan.from_run_config({"local-epochs": 4}).local_epochs == 4
