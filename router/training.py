@@ -21,8 +21,8 @@ from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
 from thrifty.router.eval_log import read_eval_log, write_eval_log
 from thrifty.router.federated.local import HELD_OUT, TRAIN_LOG, VALIDATION_LOG
-from thrifty.router.kmeans import CellStats, KMeansRouterModel, kmeans
-from thrifty.router.outcomes import OutcomeTable, import_llmrouter
+from thrifty.router.kmeans import CellStats, KMeansRouterModel, assign, kmeans
+from thrifty.router.outcomes import OutcomeTable, concat, import_llmrouter
 from thrifty.router.partition import ClientData, PartitionPlan, partition
 
 TEST_LOG = "test.jsonl"
@@ -88,8 +88,6 @@ class Pooled:
 
 
 def pooled(clients: list[ClientData], embedder: Embedder, cache: Path | None) -> Pooled:
-    from thrifty.router.outcomes import concat
-
     train = concat([c.train for c in clients])
     validation = concat([c.validation for c in clients])
     return Pooled(
@@ -104,8 +102,6 @@ def fit_kmeans_selected(
     data: Pooled, candidates: list[int], seed: int, prior_weight: float
 ) -> tuple[KMeansRouterModel, dict[str, Any]]:
     """K-means on all training queries, K chosen by squared error on validation cells."""
-    from thrifty.router.kmeans import assign
-
     fitted, loss = {}, {}
     observed = data.validation.observed
     for k in candidates:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
 from thrifty.router.eval_log import EvalRecord, read_eval_log
-from thrifty.router.kmeans import CellStats, kmeans
+from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
 from thrifty.server.artifacts import sha256
 
@@ -124,8 +124,6 @@ def cell_stats(data: LocalData, centres: np.ndarray) -> CellStats:
 
 def kmeans_validation(data: LocalData, centres: np.ndarray, accuracy: np.ndarray) -> tuple[float, float]:
     """Squared error of the predicted accuracy on this client's validation cells: (Σ error, count)."""
-    from thrifty.router.kmeans import assign
-
     if len(data.validation) == 0:
         return 0.0, 0.0
     predicted = accuracy[assign(data.x_validation, centres)]
