@@ -16,7 +16,10 @@ from thrifty.router.eval_log import EvalRecord
 from thrifty.router.kmeans import CellStats, KMeansRouterModel
 from thrifty.router.outcomes import OutcomeTable
 
-HEAD_EPOCHS = 60
+# A head on frozen features is a small, well-conditioned fit: a higher rate than the trunk's converges
+# on a calibration set of tens of queries.
+HEAD_EPOCHS = 100
+HEAD_LEARNING_RATE = 3e-3
 
 
 def add_model(folder: Path, records: list[EvalRecord], model: str, out: Path, seed: int = 0) -> Path:
@@ -69,5 +72,5 @@ def _mlp_head(artifact: RouterArtifact, x: np.ndarray, table: OutcomeTable, seed
     costs = np.full((len(table), width), np.nan)
     scores[:, head], costs[:, head] = table.scores[:, 0], table.costs[:, 0]
     wide = OutcomeTable(table.queries, (*artifact.models, table.models[0]), scores, costs, table.tasks, table.clients)
-    train_local(net, Targets.build(x, wide, scale), MlpPlan(), HEAD_EPOCHS, seed, heads_only=[head])
+    train_local(net, Targets.build(x, wide, scale), MlpPlan(learning_rate=HEAD_LEARNING_RATE), HEAD_EPOCHS, seed, heads_only=[head])
     return state_arrays(net)
