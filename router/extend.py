@@ -72,5 +72,12 @@ def _mlp_head(artifact: RouterArtifact, x: np.ndarray, table: OutcomeTable, seed
     costs = np.full((len(table), width), np.nan)
     scores[:, head], costs[:, head] = table.scores[:, 0], table.costs[:, 0]
     wide = OutcomeTable(table.queries, (*artifact.models, table.models[0]), scores, costs, table.tasks, table.clients)
-    train_local(net, Targets.build(x, wide, scale), MlpPlan(learning_rate=HEAD_LEARNING_RATE), HEAD_EPOCHS, seed, heads_only=[head])
+    train_local(
+        net,
+        Targets.build(x, wide, scale),
+        MlpPlan(learning_rate=HEAD_LEARNING_RATE),
+        HEAD_EPOCHS,
+        seed,
+        heads_only=[head],
+    )
     return state_arrays(net)
