@@ -107,6 +107,7 @@ class LearnedRouter(Router):
             if preset != "lambda" and not preset.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"preset name '{preset}' may use letters, digits, '-' and '_' only")
         self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in presets.items()}
+        self._virtual_models = (AUTO, *self.presets)
         self.folder = Path(artifact)
         try:
             self._loaded = Loaded.read(self.folder)
@@ -116,7 +117,7 @@ class LearnedRouter(Router):
 
     @property
     def virtual_models(self) -> tuple[str, ...]:
-        return (AUTO, *self.presets)
+        return self._virtual_models
 
     @property
     def loaded(self) -> Loaded:

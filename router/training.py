@@ -219,9 +219,7 @@ def train_router(request: TrainRequest) -> Path:
     embedder = load_embedder(request.embedder, request.embedder_dir)
     data = pooled(clients, embedder, work / "embeddings")
     run_config = {k: v for k, v in plan.to_run_config().items() if k not in ("out", "clients-dir", "data-sha256")}
-    artifact = central_artifact(
-        request.family, data, embedder, {k.replace("-", "_"): v for k, v in run_config.items()}, request.seed
-    )
+    artifact = central_artifact(request.family, data, embedder, plan.settings(), request.seed)
     artifact = replace(
         artifact,
         training={"federated": False} | run_config,

@@ -46,10 +46,6 @@ from thrifty.router.training import Pooled, central_artifact, write_clients
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def settings_of(plan: FederatedPlan) -> dict[str, Any]:
-    return {k.replace("-", "_"): v for k, v in plan.to_run_config().items()}
-
-
 class Vectors:
     """Every query embedded once; tables look their rows up."""
 
@@ -115,12 +111,12 @@ def run_seed(
     for family in ("mlp", "kmeans"):
         plan = FederatedPlan(
             **(
-                settings_of(fed)
+                fed.settings()
                 | {"family": family, "clients_dir": str(work / "clients"), "out": str(work / f"fed-{family}")}
             )
         )
         timed(f"federated {family}", lambda plan=plan: load_artifact(simulate(plan, len(clients))))  # type: ignore[misc]
-        settings = settings_of(plan)
+        settings = plan.settings()
         timed(
             f"central sparse {family}",
             lambda s=settings, f=family: central_artifact(f, sparse, vectors.embedder, s, seed),

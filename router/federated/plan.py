@@ -62,5 +62,9 @@ class FederatedPlan:
             values[name] = kind(value)
         return cls(**(values | overrides))
 
+    def settings(self) -> dict[str, Any]:
+        """The fields by their Python names (``local_epochs``), as this class and its users take them."""
+        return asdict(self)
+
     def to_run_config(self) -> dict[str, Any]:
         return {key.replace("_", "-"): value for key, value in asdict(self).items()}

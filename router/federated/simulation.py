@@ -69,7 +69,7 @@ def _run_here(plan: FederatedPlan, clients: int) -> None:
     from thrifty.router.federated.server_app import make_server_app
 
     cpus = os.cpu_count() or 1
-    server_app = make_server_app(**{k.replace("-", "_"): v for k, v in plan.to_run_config().items()})
+    server_app = make_server_app(**plan.settings())
     backend = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},

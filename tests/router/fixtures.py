@@ -10,6 +10,7 @@ from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import StaticEmbedder, minilm_path
 
 MODELS = ("big", "small")
+PRESETS = {"best": 0.0, "balanced": 100.0, "cheap": 10000.0}  # λ that separate the two topics below
 MATH = "solve the integral of x squared"
 POEM = "write a short poem about the sea"
 
@@ -42,3 +43,10 @@ def two_topic_artifact(out: Path, embedder: StaticEmbedder, embedder_folder: Pat
     )
     artifact.save(out, embedder_folder)
     return artifact
+
+
+def two_topic_folder(tmp_path: Path) -> Path:
+    """:func:`two_topic_artifact` saved under ``tmp_path/router`` with a fresh embedder."""
+    embedder = tiny_static_embedder(tmp_path / "emb")
+    two_topic_artifact(tmp_path / "router", embedder, tmp_path / "emb")
+    return tmp_path / "router"

@@ -9,18 +9,15 @@ import pytest
 from thrifty.router import InvalidRouting, ModelCandidate, NoRoute, RoutingRequest, build_router
 from thrifty.router.learned import LearnedRouter, query_text
 
-from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
+from tests.router.fixtures import MATH, POEM, PRESETS, tiny_static_embedder, two_topic_artifact, two_topic_folder
 
 BIG = ModelCandidate("big", 10.0, 30.0, False, 4096)
 SMALL = ModelCandidate("small", 0.1, 0.3, False, 4096)
-PRESETS = {"best": 0.0, "balanced": 100.0, "cheap": 10000.0}
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    embedder = tiny_static_embedder(tmp_path / "emb")
-    two_topic_artifact(tmp_path / "router", embedder, tmp_path / "emb")
-    return tmp_path / "router"
+    return two_topic_folder(tmp_path)
 
 
 def ask(text: str, model: str = "auto", **headers: str) -> RoutingRequest:

@@ -14,16 +14,12 @@ from thrifty.server.access import hash_key
 from thrifty.server.standin import StandinState
 
 from tests.helpers import config_for, free_port, gateway, sample, standins
-from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
-
-PRESETS = {"best": 0.0, "balanced": 100.0, "cheap": 10000.0}
+from tests.router.fixtures import MATH, POEM, PRESETS, two_topic_folder
 
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    embedder = tiny_static_embedder(tmp_path / "emb")
-    two_topic_artifact(tmp_path / "router", embedder, tmp_path / "emb")
-    return tmp_path / "router"
+    return two_topic_folder(tmp_path)
 
 
 def _config(artifact: Path, big_url: str, small_url: str, **extra: Any) -> Any:
