@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
-from thrifty.router.embedding import Embedder, MiniLmEmbedder, StaticEmbedder
+from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
 from thrifty.server.artifacts import sha256
 
 KIND = "thrifty.router"
@@ -190,8 +190,8 @@ def artifact_embedder(folder: Path, artifact: RouterArtifact) -> Embedder:
     embedder: Embedder
     if kind == "static":
         embedder = StaticEmbedder(folder / EMBEDDER_DIR)
-    elif kind == "minilm":
-        embedder = MiniLmEmbedder()
+    elif kind in EMBEDDER_KINDS:
+        embedder = load_embedder(str(kind))
     else:
         raise ArtifactError(f"{folder}: unknown embedder kind '{kind}'")
     embedder.check(artifact.embedder)

@@ -97,6 +97,24 @@ class MiniLmEmbedder(Embedder):
         return np.concatenate(out)
 
 
+class MiniLmInt8Embedder(MiniLmEmbedder):
+    """MiniLM with its linear layers quantised to int8 (PyTorch dynamic quantisation): about 3× faster
+    per query on a CPU. Its vectors differ from full-precision MiniLM's (cosine ≈ 0.9), so it is an
+    embedder of its own: a router is trained on these vectors to serve with them."""
+
+    kind = "minilm-int8"
+
+    def __init__(self, folder: Path | None = None, batch_size: int = 64) -> None:
+        import warnings
+
+        import torch
+
+        super().__init__(folder, batch_size)
+        with warnings.catch_warnings():  # the eager-mode API is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            self._model = torch.ao.quantization.quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class StaticEmbedder(Embedder):
     """A model2vec static embedder: a token → vector table, mean-pooled."""
 
@@ -128,14 +146,19 @@ def distill_static(out: Path, pca_dims: int = 256) -> StaticEmbedder:
     return StaticEmbedder(out)
 
 
+EMBEDDER_KINDS = ("static", "minilm", "minilm-int8")
+
+
 def load_embedder(kind: str, folder: Path | None = None) -> Embedder:
     if kind == "minilm":
         return MiniLmEmbedder(folder)
+    if kind == "minilm-int8":
+        return MiniLmInt8Embedder(folder)
     if kind == "static":
         if folder is None:
             raise ValueError("a static embedder needs the folder it was saved to")
         return StaticEmbedder(folder)
-    raise ValueError(f"unknown embedder kind '{kind}'; choose minilm or static")
+    raise ValueError(f"unknown embedder kind '{kind}'; choose one of {', '.join(EMBEDDER_KINDS)}")
 
 
 def cache_file(embedder: Embedder, texts: Sequence[str], cache: Path) -> Path:

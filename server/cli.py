@@ -133,7 +133,9 @@ def train_router_command(
     clients_dir: Annotated[
         Path | None, typer.Option("--clients-dir", help="folders client-<i> with each organisation's logs")
     ] = None,
-    embedder: Annotated[str, typer.Option(help="static (fast; needs --embedder-dir) or minilm")] = "static",
+    embedder: Annotated[
+        str, typer.Option(help="static (fast; needs --embedder-dir), minilm or minilm-int8")
+    ] = "static",
     embedder_dir: Annotated[Path | None, typer.Option("--embedder-dir", help="a static embedder's folder")] = None,
     rounds: Annotated[int, typer.Option(help="MLP: federated rounds (central: rounds × local epochs)")] = 20,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="MLP: epochs per client and round")] = 2,
@@ -142,12 +144,14 @@ def train_router_command(
     seed: Annotated[int, typer.Option(help="partition and training seed")] = 0,
 ) -> None:
     """Train a router (MLP or K-means, federated on Flower or centralised) and write its artifact."""
-    from thrifty.router.embedding import EmbedderMismatch
+    from thrifty.router.embedding import EMBEDDER_KINDS, EmbedderMismatch
     from thrifty.router.eval_log import EvalLogError
     from thrifty.router.training import TrainRequest, train_router
 
     if family not in ("mlp", "kmeans"):
         raise _fail("--family must be mlp or kmeans")
+    if embedder not in EMBEDDER_KINDS:
+        raise _fail(f"--embedder must be one of {', '.join(EMBEDDER_KINDS)}")
     if embedder == "static" and embedder_dir is None:
         raise _fail("a static embedder needs --embedder-dir (make one with `thrifty router distill-embedder`)")
     if not data and clients_dir is None:

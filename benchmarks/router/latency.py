@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from thrifty.router import ModelCandidate, RoutingRequest
 from thrifty.router.artifact import RouterArtifact
-from thrifty.router.embedding import Embedder, MiniLmEmbedder, StaticEmbedder
+from thrifty.router.embedding import Embedder, MiniLmEmbedder, MiniLmInt8Embedder, StaticEmbedder
 from thrifty.router.learned import LearnedRouter
 from thrifty.router.mlp import RouterNet, state_arrays
 
@@ -68,6 +68,7 @@ def main() -> None:
         for name, embedder, static_dir in (
             ("static", StaticEmbedder(args.static), args.static),
             ("minilm", MiniLmEmbedder(), None),
+            ("minilm-int8", MiniLmInt8Embedder(), None),
         ):
             for family in ("mlp", "kmeans"):
                 folder = artifact(family, embedder, models, Path(tmp) / f"{name}-{family}", static_dir)

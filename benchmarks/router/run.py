@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from thrifty.router.artifact import RouterArtifact, load_artifact
-from thrifty.router.embedding import Embedder, cache_file, cached_encode, load_embedder, store_cached
+from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, cache_file, cached_encode, load_embedder, store_cached
 from thrifty.router.evaluation import (
     Curve,
     accuracy_at_cost,
@@ -39,9 +39,9 @@ from thrifty.router.evaluation import (
 from thrifty.router.federated.local import CACHE_DIR
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.federated.simulation import simulate
-from thrifty.router.outcomes import OutcomeTable, concat, import_llmrouter
+from thrifty.router.outcomes import OutcomeTable, concat
 from thrifty.router.partition import ClientData, PartitionPlan, partition
-from thrifty.router.training import Pooled, central_artifact, write_clients
+from thrifty.router.training import Pooled, central_artifact, load_outcomes, write_clients
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -309,8 +309,13 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, float]], re
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/routing/llmrouter"))
-    parser.add_argument("--embedder", choices=("static", "minilm"), default="static")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/routing/llmrouter"),
+        help="the LLMRouter folder or an evaluation log (JSONL), e.g. a reasoning world's eval/router_log.jsonl",
+    )
+    parser.add_argument("--embedder", choices=EMBEDDER_KINDS, default="static")
     parser.add_argument("--embedder-dir", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--clients", type=int, default=10)
@@ -321,7 +326,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path("benchmarks/router"))
     args = parser.parse_args()
 
-    table = OutcomeTable.from_records(import_llmrouter(args.data))
+    table, _ = load_outcomes([args.data])
     embedder = load_embedder(args.embedder, args.embedder_dir)
     vectors = Vectors(embedder, table, args.work / "embeddings")
     fed = FederatedPlan(

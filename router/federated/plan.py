@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from thrifty.router.embedding import EMBEDDER_KINDS
+
 
 @dataclass(frozen=True, slots=True)
 class FederatedPlan:
@@ -33,8 +35,8 @@ class FederatedPlan:
     def __post_init__(self) -> None:
         if self.family not in ("mlp", "kmeans"):
             raise ValueError(f"family must be mlp or kmeans, not '{self.family}'")
-        if self.embedder not in ("static", "minilm"):
-            raise ValueError(f"embedder must be static or minilm, not '{self.embedder}'")
+        if self.embedder not in EMBEDDER_KINDS:
+            raise ValueError(f"embedder must be one of {', '.join(EMBEDDER_KINDS)}, not '{self.embedder}'")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_clients < 1:
             raise ValueError("rounds, local-epochs and min-clients must be ≥ 1")
         if not 0 < self.fraction_train <= 1:

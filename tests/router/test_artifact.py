@@ -83,3 +83,15 @@ def test_a_failed_save_leaves_no_artifact(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="saved with that embedder"):
         artifact.save(tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_an_int8_minilm_artifact_serves_with_the_int8_embedder(tmp_path: Path) -> None:
+    from thrifty.router.embedding import MiniLmEmbedder, MiniLmInt8Embedder
+
+    int8 = MiniLmInt8Embedder()
+    centres = np.zeros((1, 384), dtype=np.float32)
+    arrays = {"centres": centres, "accuracy": np.ones((1, 1)), "cost": np.ones((1, 1)), "count": np.ones((1, 1))}
+    RouterArtifact("kmeans", ("a",), int8.identity, arrays, {"clusters": 1}).save(tmp_path / "r")
+    assert isinstance(artifact_embedder(tmp_path / "r", load_artifact(tmp_path / "r")), MiniLmInt8Embedder)
+    RouterArtifact("kmeans", ("a",), MiniLmEmbedder().identity, arrays, {"clusters": 1}).save(tmp_path / "full")
+    assert type(artifact_embedder(tmp_path / "full", load_artifact(tmp_path / "full"))) is MiniLmEmbedder

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from thrifty.router.embedding import EmbedderMismatch, MiniLmEmbedder, StaticEmbedder, cached_encode, minilm_path
+from thrifty.router.embedding import (
+    EmbedderMismatch,
+    MiniLmEmbedder,
+    MiniLmInt8Embedder,
+    StaticEmbedder,
+    cached_encode,
+    load_embedder,
+    minilm_path,
+)
 
 QUERIES = [
     "Write a python function to reverse a linked list.",
@@ -38,6 +46,23 @@ def test_identity_names_kind_dimension_and_weights(minilm: MiniLmEmbedder, tmp_p
     minilm.check(dict(identity))
     with pytest.raises(EmbedderMismatch, match="trained with embedder"):
         minilm.check(identity | {"sha256": "0" * 64})
+
+
+def test_int8_minilm_is_its_own_embedder(minilm: MiniLmEmbedder) -> None:
+    int8 = load_embedder("minilm-int8")
+    assert isinstance(int8, MiniLmInt8Embedder)
+    vectors, full = int8.encode(QUERIES), minilm.encode(QUERIES)
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Close to full precision but not the same vectors: a router trained on one must not serve the other.
+    agreement = (vectors * full).sum(1)
+    assert (agreement > 0.8).all() and not np.allclose(vectors, full, atol=1e-3)
+    assert (vectors @ vectors.T)[0, 1] > 0.8 > 0.2 > (vectors @ vectors.T)[0, 2]
+    assert np.array_equal(int8.encode(QUERIES), vectors)  # deterministic
+    assert int8.identity["kind"] == "minilm-int8" and int8.identity["sha256"] == minilm.identity["sha256"]
+    with pytest.raises(EmbedderMismatch):
+        int8.check(minilm.identity)
+    with pytest.raises(ValueError, match="minilm-int8"):
+        load_embedder("bert")
 
 
 def _tiny_static(folder: Path) -> StaticEmbedder:
