@@ -79,9 +79,11 @@ def describe(message: Message, context: Context) -> Message:
     )
 
 
-def _mlp_round(config: ConfigRecord, context: Context) -> local.MlpRound:
-    # Every client draws its own batches: its node id keeps two clients from sharing a stream.
-    seed = int(config["seed"]) * 1_000_003 + int(config.get("server-round", 0)) * 7919 + context.node_id % 7901
+def _mlp_round(config: ConfigRecord, data: local.LocalData) -> local.MlpRound:
+    # Every client draws its own batches, and the same ones in every run: the digest of its logs (not its
+    # node id, which changes from run to run) keeps two clients from sharing a stream.
+    own = int(data.digest[:8], 16) % 7901
+    seed = int(config["seed"]) * 1_000_003 + int(config.get("server-round", 0)) * 7919 + own
     return local.MlpRound(
         width=int(config["width"]),
         dropout=float(config["dropout"]),
@@ -101,7 +103,7 @@ def train(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
     state = _numpy(message.content.array_records["arrays"])
-    new_state, loss, cells = local.mlp_train(data, _mlp_round(config, context), state)
+    new_state, loss, cells = local.mlp_train(data, _mlp_round(config, data), state)
     return _reply(
         message,
         arrays=_arrays(new_state),
@@ -114,7 +116,7 @@ def evaluate(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
     state = _numpy(message.content.array_records["arrays"])
-    loss, cells = local.mlp_validation(data, _mlp_round(config, context), state)
+    loss, cells = local.mlp_validation(data, _mlp_round(config, data), state)
     return _reply(message, metrics=MetricRecord({"validation-loss": loss, "num-examples": cells}))
 
 

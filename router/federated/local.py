@@ -179,6 +179,7 @@ def mlp_train(
     from thrifty.router.mlp import state_arrays, train_local
 
     torch.set_num_threads(1)  # one simulated client per core
+    torch.manual_seed(spec.seed)  # dropout: the same masks whichever process runs this client
     net = _net(data, spec, arrays)
     targets = _targets(data.x_train, data.train, spec)
     loss = train_local(net, targets, _plan(spec), spec.epochs, spec.seed)

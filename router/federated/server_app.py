@@ -46,10 +46,18 @@ def _wait_for_nodes(grid: Grid, plan: FederatedPlan) -> list[int]:
         time.sleep(1.0)
 
 
+def in_order(replies: Iterable[Message], nodes: list[int]) -> list[Message]:
+    """Replies in the order of ``nodes``, not of arrival: sums and k-means over them then come out the same
+    in every run."""
+    rank = {node: i for i, node in enumerate(nodes)}
+    return sorted(replies, key=lambda reply: rank.get(reply.metadata.src_node_id, len(rank)))
+
+
 def ask(grid: Grid, nodes: list[int], action: str, plan: FederatedPlan, **records: Any) -> list[Message]:
-    """Send ``query.<action>`` to every node; every node must answer without error."""
+    """Send ``query.<action>`` to every node; every node must answer without error. Replies come back in
+    the order of ``nodes``."""
     messages = [Message(RecordDict(dict(records)), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=plan.timeout))
+    replies = in_order(grid.send_and_receive(messages, timeout=plan.timeout), nodes)
     failed = [reply.error.reason for reply in replies if reply.has_error()]
     if failed or len(replies) < len(nodes):
         reasons = "; ".join(failed) or "no reply"
@@ -73,16 +81,21 @@ def _common_config(plan: FederatedPlan, models: list[str], embedder: Embedder) -
 
 
 class SnapshotFedAvg(FedAvg):
-    """FedAvg that keeps every round's global parameters, so the best round on validation can be kept."""
+    """FedAvg that keeps every round's global parameters, so the best round on validation can be kept,
+    and that sums clients' replies in a fixed order (``nodes``), so that a run can be repeated exactly."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, nodes: list[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.nodes = nodes
         self.snapshots: dict[int, ArrayRecord] = {}
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round, in_order(replies, self.nodes))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_order(replies, self.nodes)
         failed = [r.error.reason for r in replies if r.has_error()]
         if failed:
             raise FederationError(f"round {server_round}: clients failed to train: {'; '.join(failed)}")
@@ -103,6 +116,7 @@ def train_mlp(
     net = RouterNet(embedder.dim, len(models), plan.width, plan.dropout)
     per_round = max(1, round(plan.fraction_train * len(nodes)))
     strategy = SnapshotFedAvg(
+        nodes,
         fraction_train=plan.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=min(per_round, len(nodes)),
@@ -210,6 +224,8 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
             cells[str(model)] = cells.get(str(model), 0) + float(count)
         moments += [float(numbers["cost-count"]), float(numbers["cost-sum"]), float(numbers["cost-sum-sq"])]
         digests.append(str(info["digest"]))
+    # From here on, clients are taken in the order of their logs' digests (node ids change between runs).
+    nodes = [node for _, node in sorted(zip(digests, [r.metadata.src_node_id for r in replies], strict=True))]
     models = sorted(cells)
     if not models:
         raise FederationError("the clients' logs hold no observed cells")
