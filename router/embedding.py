@@ -112,7 +112,9 @@ class MiniLmInt8Embedder(MiniLmEmbedder):
         super().__init__(folder, batch_size)
         with warnings.catch_warnings():  # the eager-mode API is deprecated in favour of torchao
             warnings.simplefilter("ignore")
-            self._model = torch.ao.quantization.quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8)
+            self._model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                self._model, {torch.nn.Linear}, dtype=torch.qint8
+            )
 
 
 class StaticEmbedder(Embedder):
