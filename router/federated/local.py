@@ -80,7 +80,7 @@ def describe(folder: Path) -> dict[str, Any]:
 
 
 _embedders: dict[tuple[str, str], Embedder] = {}
-_loaded: dict[tuple[str, tuple[str, ...], str], LocalData] = {}
+_loaded: dict[tuple[str, tuple[str, ...], str, str], LocalData] = {}
 
 
 def embedder_for(kind: str, folder: str) -> Embedder:
@@ -92,7 +92,7 @@ def embedder_for(kind: str, folder: str) -> Embedder:
 
 
 def load_local(folder: Path, models: tuple[str, ...], embedder: Embedder) -> LocalData:
-    key = (str(folder.resolve()), models, embedder.identity["sha256"])
+    key = (str(folder.resolve()), models, embedder.kind, embedder.identity["sha256"])
     if key not in _loaded:
         train_records, validation_records, digest = read_logs(folder)
         train = OutcomeTable.from_records(train_records, models)
