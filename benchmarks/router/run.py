@@ -112,7 +112,12 @@ def run_seed(
         plan = FederatedPlan(
             **(
                 fed.settings()
-                | {"family": family, "clients_dir": str(work / "clients"), "out": str(work / f"fed-{family}")}
+                | {
+                    "family": family,
+                    "seed": seed,  # the federation's initialisation and clients' k-means, like the others'
+                    "clients_dir": str(work / "clients"),
+                    "out": str(work / f"fed-{family}"),
+                }
             )
         )
         timed(f"federated {family}", lambda plan=plan: load_artifact(simulate(plan, len(clients))))  # type: ignore[misc]
