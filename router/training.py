@@ -99,19 +99,29 @@ def pooled(clients: list[ClientData], embedder: Embedder, cache: Path | None) ->
 
 
 def fit_kmeans_selected(
-    data: Pooled, candidates: list[int], seed: int, prior_weight: float
+    data: Pooled, candidates: list[int], seed: int, prior_weight: float, restarts: int = 1
 ) -> tuple[KMeansRouterModel, dict[str, Any]]:
-    """K-means on all training queries, K chosen by squared error on validation cells."""
+    """K-means on all training queries from ``restarts`` seeds per K; K and seed chosen by squared error
+    on validation cells (as the federated server chooses)."""
     fitted, loss = {}, {}
     observed = data.validation.observed
     for k in candidates:
-        centres, _ = kmeans(data.x, k, seed)
-        model = KMeansRouterModel.from_stats(centres, CellStats.collect(data.x, data.train, centres), prior_weight)
-        predicted = model.accuracy[assign(data.x_validation, centres)]
-        error = np.where(observed, (predicted - np.nan_to_num(data.validation.scores)) ** 2, 0.0)
-        fitted[k], loss[k] = model, float(error.sum() / max(observed.sum(), 1))
-    best = min(loss, key=lambda k: (loss[k], k))
-    return fitted[best], {"selected_clusters": best, "validation_mse": loss[best], "validation_mse_by_clusters": loss}
+        for r in range(restarts):
+            centres, _ = kmeans(data.x, k, seed * 1000 + r)
+            stats = CellStats.collect(data.x, data.train, centres)
+            model = KMeansRouterModel.from_stats(centres, stats, prior_weight)
+            predicted = model.accuracy[assign(data.x_validation, centres)]
+            error = np.where(observed, (predicted - np.nan_to_num(data.validation.scores)) ** 2, 0.0)
+            fitted[k, r], loss[k, r] = model, float(error.sum() / max(observed.sum(), 1))
+    best = min(loss, key=lambda key: (loss[key], key))
+    by_clusters = {k: min(v for (c, _), v in loss.items() if c == k) for k in candidates}
+    metrics = {
+        "selected_clusters": best[0],
+        "selected_restart": best[1],
+        "validation_mse": loss[best],
+        "validation_mse_by_clusters": by_clusters,
+    }
+    return fitted[best], metrics
 
 
 def central_artifact(
@@ -120,7 +130,11 @@ def central_artifact(
     """Train on pooled data; ``settings`` holds the FederatedPlan's fields that apply."""
     if family == "kmeans":
         model, metrics = fit_kmeans_selected(
-            data, [int(k) for k in str(settings["clusters"]).split(",")], seed, float(settings["prior_weight"])
+            data,
+            [int(k) for k in str(settings["clusters"]).split(",")],
+            seed,
+            float(settings["prior_weight"]),
+            int(settings.get("restarts", 1)),
         )
         arrays = {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
         extra = {"clusters": metrics["selected_clusters"], "prior_weight": settings["prior_weight"]}

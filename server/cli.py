@@ -141,6 +141,7 @@ def train_router_command(
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="MLP: epochs per client and round")] = 2,
     fraction: Annotated[float, typer.Option(help="share of the clients that train in a round")] = 1.0,
     clusters: Annotated[str, typer.Option(help="K-means: candidate K, chosen on validation cells")] = "4,8,16,32",
+    restarts: Annotated[int, typer.Option(help="K-means: clusterings per K (seeds), chosen on validation")] = 5,
     seed: Annotated[int, typer.Option(help="partition and training seed")] = 0,
 ) -> None:
     """Train a router (MLP or K-means, federated on Flower or centralised) and write its artifact."""
@@ -174,7 +175,13 @@ def train_router_command(
         embedder=embedder,
         embedder_dir=embedder_dir,
         seed=seed,
-        settings={"rounds": rounds, "local_epochs": local_epochs, "fraction_train": fraction, "clusters": clusters},
+        settings={
+            "rounds": rounds,
+            "local_epochs": local_epochs,
+            "fraction_train": fraction,
+            "clusters": clusters,
+            "restarts": restarts,
+        },
     )
     logging.basicConfig(level=logging.WARNING)
     try:

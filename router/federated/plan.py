@@ -23,9 +23,10 @@ class FederatedPlan:
     cost_weight: float = 1.0
     clusters: str = "4,8,16,32"  # K-means: candidate numbers of global clusters, chosen on validation
     local_clusters: int = 16  # K-means: each client's own centroids in pass 1
+    restarts: int = 5  # K-means: the server's clusterings per K (other seeds); validation picks one
     prior_weight: float = 2.0  # K-means: pseudo-cells shrinking a cell's means toward the model's
     seed: int = 0
-    embedder: str = "static"  # static | minilm
+    embedder: str = "static"  # static | minilm | minilm-int8
     embedder_dir: str = ""  # a static embedder's folder (on the server, and by default on clients)
     clients_dir: str = ""  # simulation: client-<partition-id> folders; nodes with a data-dir ignore it
     out: str = ""  # where the server writes the artifact
@@ -37,8 +38,8 @@ class FederatedPlan:
             raise ValueError(f"family must be mlp or kmeans, not '{self.family}'")
         if self.embedder not in EMBEDDER_KINDS:
             raise ValueError(f"embedder must be one of {', '.join(EMBEDDER_KINDS)}, not '{self.embedder}'")
-        if self.rounds < 1 or self.local_epochs < 1 or self.min_clients < 1:
-            raise ValueError("rounds, local-epochs and min-clients must be ≥ 1")
+        if self.rounds < 1 or self.local_epochs < 1 or self.min_clients < 1 or self.restarts < 1:
+            raise ValueError("rounds, local-epochs, min-clients and restarts must be ≥ 1")
         if not 0 < self.fraction_train <= 1:
             raise ValueError("fraction-train must be in (0, 1]")
         if not self.candidate_clusters or min(self.candidate_clusters) < 1:

@@ -169,7 +169,12 @@ def train_kmeans(
     replies = ask(grid, nodes, "centroids", plan, config=config)
     centroids = np.concatenate([r.content.array_records["centroids"]["centres"].numpy() for r in replies])
     sizes = np.concatenate([r.content.array_records["centroids"]["sizes"].numpy() for r in replies])
-    candidates = {f"k{k}": kmeans(centroids, k, plan.seed, weights=sizes)[0] for k in plan.candidate_clusters}
+    # Every candidate K, clustered from several seeds: k-means lands in different local optima, and the
+    # clients' validation cells (pass 3), not the inertia, say which one routes best.
+    choices = {f"k{k}s{r}": (k, r) for k in plan.candidate_clusters for r in range(plan.restarts)}
+    candidates = {
+        name: kmeans(centroids, k, plan.seed * 1000 + r, weights=sizes)[0] for name, (k, r) in choices.items()
+    }
     # Pass 2: per-(cluster, model) sums and counts for every candidate's centres.
     centres = ArrayRecord({name: Array(c) for name, c in candidates.items()})
     replies = ask(grid, nodes, "cells", plan, config=config, centres=centres)
@@ -194,14 +199,18 @@ def train_kmeans(
     if min(count.values()) == 0:
         raise FederationError("no client has validation cells to choose K with")
     loss = {n: error[n] / count[n] for n in fitted}
-    best = min(fitted, key=lambda n: (loss[n], int(n[1:])))
+    best = min(fitted, key=lambda n: (loss[n], choices[n]))
     model = fitted[best]
     arrays = {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
-    settings = {"clusters": int(best[1:]), "prior_weight": plan.prior_weight}
+    k, restart = choices[best]
+    settings = {"clusters": k, "prior_weight": plan.prior_weight}
     metrics = {
-        "selected_clusters": int(best[1:]),
+        "selected_clusters": k,
+        "selected_restart": restart,
         "validation_mse": loss[best],
-        "validation_mse_by_clusters": {n[1:]: loss[n] for n in sorted(loss, key=lambda n: int(n[1:]))},
+        "validation_mse_by_clusters": {
+            str(c): min(loss[n] for n in loss if choices[n][0] == c) for c in plan.candidate_clusters
+        },
     }
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, settings, metrics
 

@@ -53,3 +53,18 @@ def test_unobserved_cells_fall_back_to_the_model_mean() -> None:
     acc, _ = model.predict(x[50:])
     assert np.allclose(acc[:, 0], 1.0)  # only blob 0 was observed for m0, where it was always right
     assert (model.count[:, 0] > 0).sum() == 1
+
+
+def test_k_and_seed_are_chosen_on_validation_cells() -> None:
+    from thrifty.router.training import Pooled, fit_kmeans_selected
+
+    x, table = _blobs(0)
+    x_val, validation = _blobs(1)
+    data = Pooled(x, table, x_val, validation)
+    model, metrics = fit_kmeans_selected(data, [1, 3], seed=0, prior_weight=0.0, restarts=3)
+    # One cluster cannot tell blob 0 from the rest; three can, and every restart finds them.
+    assert metrics["selected_clusters"] == 3 and metrics["selected_restart"] in range(3)
+    assert metrics["validation_mse"] == min(metrics["validation_mse_by_clusters"].values()) < 1e-6
+    assert metrics["validation_mse_by_clusters"][1] > 0.1  # predicts 1/3 for m0 everywhere
+    accuracy, _ = model.predict(x_val)
+    assert np.allclose(accuracy[:50, 0], 1.0) and np.allclose(accuracy[50:, 0], 0.0)
