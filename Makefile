@@ -32,8 +32,14 @@ $(ROUTER_VENV)/.installed: pyproject.toml
 	$(ROUTER_VENV)/bin/pip install -q -e '.[router-train,dev]'
 	touch $@
 
+# The expert-cache plugin (moe_runtime) registers itself with vLLM through this package's entry point; it
+# needs only torch and vLLM, so thrifty goes in without its dependencies.
+$(VLLM_VENV)/.plugin: pyproject.toml $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
 install: $(VENV)/.installed
-vllm: $(VLLM_VENV)/.installed
+vllm: $(VLLM_VENV)/.installed $(VLLM_VENV)/.plugin
 router-env: $(ROUTER_VENV)/.installed
 
 # Debian packages the tests and benchmarks start themselves (as root, as on CI; sudo otherwise).

@@ -1,0 +1,72 @@
+"""The expert cache's settings, and the environment variables that carry them into a vLLM process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from thrifty.moe_runtime.eviction import POLICY_NAMES
+
+# Every environment variable the runtime reads (the vLLM plugin's configuration).
+ENV_ENABLE = "THRIFTY_MOE_CACHE"  # "1" turns the plugin on; anything else leaves vLLM untouched
+ENV_SLOTS = "THRIFTY_MOE_SLOTS"  # C, slots per layer
+ENV_POLICY = "THRIFTY_MOE_POLICY"
+ENV_GAMMA = "THRIFTY_MOE_GAMMA"
+ENV_BASE = "THRIFTY_MOE_PINNED_BASE"  # the policy for unpinned experts under `pinned`
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """C expert slots per layer and the policy that decides what stays in them.
+
+    ``slots`` larger than a layer's expert count is clamped to it (everything stays resident).
+    ``gamma`` is the decay policy's γ; ``base`` the policy the ``pinned`` policy applies to other experts.
+    """
+
+    slots: int
+    policy: str = "lru"
+    gamma: float = 0.9
+    base: str = "lru"
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"expert cache: slots must be ≥ 1, got {self.slots}")
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"unknown expert-cache policy '{self.policy}'; choose one of: {', '.join(POLICY_NAMES)}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"expert cache: gamma must be in (0, 1), got {self.gamma}")
+        if self.base in ("none", "pinned") or self.base not in POLICY_NAMES:
+            raise ValueError(f"expert cache: the pinned policy's base must be lru, lfu, lfru or decay, got '{self.base}'")
+
+    @property
+    def keeps_nothing(self) -> bool:
+        return self.policy == "none"
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            ENV_ENABLE: "1",
+            ENV_SLOTS: str(self.slots),
+            ENV_POLICY: self.policy,
+            ENV_GAMMA: repr(self.gamma),
+            ENV_BASE: self.base,
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> CacheConfig | None:
+        """The configuration the environment asks for, or None when the cache is not enabled."""
+        if environ.get(ENV_ENABLE) != "1":
+            return None
+        raw = environ.get(ENV_SLOTS)
+        if raw is None:
+            raise ValueError(f"{ENV_ENABLE}=1 needs {ENV_SLOTS} (expert slots per layer)")
+        try:
+            slots = int(raw)
+            gamma = float(environ.get(ENV_GAMMA, "0.9"))
+        except ValueError:
+            raise ValueError(f"{ENV_SLOTS} must be an integer and {ENV_GAMMA} a number") from None
+        return cls(
+            slots=slots,
+            policy=environ.get(ENV_POLICY, "lru"),
+            gamma=gamma,
+            base=environ.get(ENV_BASE, "lru"),
+        )
