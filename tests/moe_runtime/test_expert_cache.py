@@ -1,0 +1,146 @@
+"""The cache's invariants and counters, and its computation against transformers' own experts module."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, ExpertCache, cached_experts_forward
+from transformers import Qwen3MoeConfig
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
+
+E, H, I = 6, 16, 12
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"gate_up": torch.randn(E, 2 * I, H, generator=g), "down": torch.randn(E, H, I, generator=g)}
+
+
+def _cache(slots: int, policy: str = "lru", **options: object) -> ExpertCache:
+    return ExpertCache(_weights(), CacheConfig(slots=slots, policy=policy, **options))  # type: ignore[arg-type]
+
+
+def _check_invariants(cache: ExpertCache) -> None:
+    for expert, slot in enumerate(cache.slot_of):
+        if slot >= 0:
+            assert cache.expert_in[slot] == expert
+    for slot, expert in enumerate(cache.expert_in):
+        if expert >= 0:
+            assert cache.slot_of[expert] == slot
+            for key, tensor in cache.slots.items():
+                assert torch.equal(tensor[slot], cache.host[key][expert])
+    assert cache.expert_to_slot.tolist() == cache.slot_of
+
+
+passes_strategy = st.lists(st.sets(st.integers(0, E - 1), min_size=1, max_size=E), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    passes=passes_strategy,
+    slots=st.integers(1, E),
+    policy=st.sampled_from(POLICY_NAMES),
+)
+def test_a_pass_keeps_what_it_needs_and_the_map_stays_true(passes: list[set[int]], slots: int, policy: str) -> None:
+    cache = _cache(slots, policy)
+    for needed in passes:
+        placement = cache.prepare(needed)
+        assert set(placement) == needed
+        in_slots = [s for s in placement.values() if s >= 0]
+        assert len(in_slots) == len(set(in_slots)) == min(len(needed), cache.capacity)
+        for expert, slot in placement.items():
+            if slot >= 0:
+                assert cache.expert_in[slot] == expert  # nothing the pass needs was evicted for its own misses
+            for key, tensor in cache.weights(expert, slot).items():
+                assert torch.equal(tensor, cache.host[key][expert])
+        _check_invariants(cache)
+    stats = cache.stats
+    assert stats.hits + stats.misses == sum(len(p) for p in passes)
+    assert stats.passes == len(passes)
+    loaded = stats.misses - stats.streamed
+    assert stats.bytes_moved == (loaded + stats.streamed) * cache.expert_bytes
+
+
+def test_none_fetches_every_needed_expert_every_pass() -> None:
+    cache = _cache(E, "none")
+    for _ in range(3):
+        cache.prepare([0, 1])
+    stats = cache.stats
+    assert (stats.hits, stats.misses, stats.streamed) == (0, 6, 0)
+    assert stats.bytes_moved == 6 * cache.expert_bytes
+
+
+def test_lru_counts_hits_on_a_known_sequence() -> None:
+    cache = _cache(2, "lru")
+    for needed in ([0], [1], [0], [2], [1], [0]):  # 1 is evicted by 2, then 0 by 1
+        cache.prepare(needed)
+    stats = cache.stats
+    assert (stats.hits, stats.misses, stats.evictions) == (1, 5, 3)
+    assert sorted(cache.resident()) == [0, 1]
+
+
+def test_overflow_streams_through_and_is_not_kept() -> None:
+    cache = _cache(2, "lru")
+    placement = cache.prepare(range(5))
+    assert sorted(placement.values()) == [-1, -1, -1, 0, 1]
+    assert cache.stats.streamed == 3 and len(cache.resident()) == 2
+
+
+def test_all_slots_make_every_later_pass_a_hit() -> None:
+    cache = _cache(E + 3, "lfu")
+    assert cache.capacity == E
+    cache.prepare(range(E))
+    for _ in range(4):
+        cache.prepare([1, 4])
+    assert cache.stats.hits == 8 and cache.stats.evictions == 0
+
+
+def test_prefetched_experts_are_hits_and_pins_survive() -> None:
+    cache = _cache(3, "pinned", base="lru")
+    assert cache.pin([5, 4]) == [5, 4]
+    assert cache.stats.prefetched == 2
+    for needed in ([0], [1], [2], [3], [0, 1]):
+        cache.prepare(needed)
+    assert {5, 4} <= set(cache.resident())
+    cache.prepare([4, 5])
+    assert cache.stats.hits == 2
+    with pytest.raises(ValueError, match="needs the 'pinned' policy"):
+        _cache(3, "lru").pin([1])
+
+
+def test_bad_expert_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"expert ids must be in \[0, 6\)"):
+        _cache(2).prepare([6])
+    with pytest.raises(ValueError, match="exactly"):
+        ExpertCache({"w": torch.zeros(2, 2)}, CacheConfig(slots=1))
+
+
+def _reference(seed: int) -> Qwen3MoeExperts:
+    config = Qwen3MoeConfig(hidden_size=H, moe_intermediate_size=I, num_experts=E, num_experts_per_tok=2)
+    config._experts_implementation = "eager"
+    module = Qwen3MoeExperts(config)
+    weights = _weights(seed)
+    module.gate_up_proj.data.copy_(weights["gate_up"])
+    module.down_proj.data.copy_(weights["down"])
+    return module
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_cached_experts_compute_what_transformers_computes(policy: str) -> None:
+    reference = _reference(seed=3)
+    rng = random.Random(7)
+    for slots in range(1, E + 1):
+        cache = ExpertCache(_weights(3), CacheConfig(slots=slots, policy=policy))
+        if policy == "pinned":
+            cache.pin(rng.sample(range(E), slots))
+        for tokens in (1, 1, 5, 1, 9, 1):
+            x = torch.randn(tokens, H)
+            ids = torch.tensor([rng.sample(range(E), 2) for _ in range(tokens)])
+            weights = torch.softmax(torch.randn(tokens, 2), dim=-1)
+            with torch.no_grad():
+                expected = reference(x, ids, weights)
+            assert torch.equal(cached_experts_forward(cache, x, ids, weights), expected), (slots, tokens)

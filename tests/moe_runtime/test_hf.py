@@ -1,0 +1,102 @@
+"""transformers MoE models converted to cached experts generate exactly what the resident model does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from thrifty.moe_runtime import POLICY_NAMES, CacheConfig
+from thrifty.moe_runtime.hf import convert
+from transformers import (
+    MixtralConfig,
+    MixtralForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
+
+EXPERTS = 6
+COMMON = {
+    "vocab_size": 96,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "num_experts_per_tok": 2,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+    "eos_token_id": None,
+}
+ARCHITECTURES: dict[str, tuple[type[PreTrainedModel], PretrainedConfig]] = {
+    "qwen3_moe": (
+        Qwen3MoeForCausalLM,
+        Qwen3MoeConfig(**COMMON, num_experts=EXPERTS, moe_intermediate_size=24, head_dim=16),
+    ),
+    "olmoe": (OlmoeForCausalLM, OlmoeConfig(**COMMON, num_experts=EXPERTS, intermediate_size=24)),
+    "mixtral": (MixtralForCausalLM, MixtralConfig(**COMMON, num_local_experts=EXPERTS, intermediate_size=24)),
+}
+PROMPTS = torch.tensor([[5, 17, 33, 2, 71, 9], [44, 3, 3, 80, 12, 60]])
+
+
+def _model(architecture: str) -> PreTrainedModel:
+    cls, config = ARCHITECTURES[architecture]
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    for param in model.parameters():  # spread the routers' logits so the experts are used unevenly
+        param.data.normal_(0.0, 0.3)
+    return model
+
+
+def _greedy(model: PreTrainedModel, prompts: torch.Tensor = PROMPTS) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(
+            prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=12, do_sample=False, min_new_tokens=12
+        )
+    return out
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_greedy_generations_match_for_every_policy_and_slot_count(architecture: str) -> None:
+    reference = _greedy(_model(architecture))
+    for policy in POLICY_NAMES:
+        for slots in range(1, EXPERTS + 1):
+            model = _model(architecture)
+            cached = convert(model, CacheConfig(slots=slots, policy=policy))
+            if policy == "pinned":
+                cached.pin([[0, 1, 2][:slots]] * len(cached.layers))
+            with cached.record() as passes:
+                assert torch.equal(_greedy(model), reference), (policy, slots)
+            stats = cached.stats()
+            assert stats.passes == 12 * len(cached.layers)  # one prefill and 11 decode steps per layer
+            needed = [len(set(p[:, layer].flatten().tolist())) for p in passes for layer in range(p.shape[1])]
+            assert stats.hits + stats.misses == sum(needed)
+            assert policy != "none" or stats.hits == 0
+            if policy != "pinned":  # only pins can make a pass stream more than its excess over C
+                assert stats.streamed == sum(max(0, n - slots) for n in needed)
+
+
+def test_recorded_routing_is_the_models_own() -> None:
+    model = _model("qwen3_moe")
+    with torch.no_grad():
+        routed = model(PROMPTS[:1], output_router_logits=True).router_logits
+    converted = _model("qwen3_moe")
+    cached = convert(converted, CacheConfig(slots=2))
+    with cached.record() as passes:
+        _greedy(converted, PROMPTS[:1])
+    assert len(passes) == 12 and passes[0].shape == (6, 2, 2) and passes[1].shape == (1, 2, 2)
+    for layer, logits in enumerate(routed):
+        expected = torch.topk(logits, 2, dim=-1).indices.sort(dim=-1).values
+        assert torch.equal(passes[0][:, layer].to(torch.long).sort(dim=-1).values, expected)
+
+
+def test_a_dense_model_is_refused() -> None:
+    model = Qwen3ForCausalLM(Qwen3Config(**{k: v for k, v in COMMON.items() if k != "num_experts_per_tok"}))
+    with pytest.raises(ValueError, match="has no experts module"):
+        convert(model, CacheConfig(slots=2))
+    cached = convert(_model("olmoe"), CacheConfig(slots=2, policy="pinned"))
+    with pytest.raises(ValueError, match="one expert set per MoE layer"):
+        cached.pin([[0]])
