@@ -57,6 +57,13 @@ class _Process:
         return cls.metrics
 
 
+def _cuda_graphs_on() -> bool:
+    from vllm.config import CUDAGraphMode, get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()
+    return config is not None and config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE
+
+
 class CachedExpertsMethod(UnquantizedFusedMoEMethod):
     """vLLM's unquantized method, minus its kernels: weights go to the cache, ``apply`` computes through it."""
 
@@ -101,6 +108,11 @@ class CachedRoutedExperts(RoutedExperts):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         config = _Process.settings()
         device = torch.get_default_device()
+        if device.type == "cuda" and _cuda_graphs_on():
+            raise ValueError(
+                "the expert cache decides on the host at every forward pass, which CUDA graphs would freeze: "
+                "start vLLM with --enforce-eager"
+            )
         # Experts are created (and loaded) in host memory; only the cache's slots go to the device.
         with torch.device("cpu"):
             super().__init__(*args, **kwargs)

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thrifty.moe_runtime.config import CacheConfig
+
 ENV_CONFIG = "THRIFTY_CONFIG"
 ENV_DATA_DIR = "THRIFTY_DATA_DIR"
 ENV_VLLM_PYTHON = "THRIFTY_VLLM_PYTHON"
@@ -42,6 +44,24 @@ class Price(_Strict):
     output: float = Field(0.0, ge=0)
 
 
+class ExpertCacheSettings(_Strict):
+    """Serve the backend's mixture-of-experts layers through moe_runtime's expert cache (the vLLM plugin):
+    ``slots`` experts per layer on the device, the rest in host memory."""
+
+    slots: int = Field(..., ge=1)
+    policy: str = "lru"
+    gamma: float = 0.9
+    pinned_base: str = "lru"
+
+    @model_validator(mode="after")
+    def _valid_cache(self) -> ExpertCacheSettings:
+        self.cache_config()  # the runtime's own validation, with its messages
+        return self
+
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(slots=self.slots, policy=self.policy, gamma=self.gamma, base=self.pinned_base)
+
+
 class LaunchConfig(_Strict):
     """Makes thrifty start, health-check and stop a local vLLM process for the backend."""
 
@@ -55,6 +75,7 @@ class LaunchConfig(_Strict):
     max_model_len: int | None = Field(None, ge=16)
     kv_cache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (GiB) on CPU")
     extra_args: list[str] = Field(default_factory=list)
+    expert_cache: ExpertCacheSettings | None = None
     startup_timeout_s: float = Field(300.0, gt=0)
 
 

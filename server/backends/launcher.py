@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,8 @@ class VllmProcess:
         if launch.chat_template:
             template = model / THINKING_TEMPLATE_FILE if launch.chat_template == "thinking" else launch.chat_template
             args += ["--chat-template", str(template)]
+        if launch.expert_cache is not None and "--enforce-eager" not in launch.extra_args:
+            args.append("--enforce-eager")  # the cache decides on the host per pass: no CUDA graphs
         return args + list(launch.extra_args)
 
     def start(self) -> None:
@@ -112,6 +115,11 @@ class VllmProcess:
         env = dict(os.environ)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self.launch.kv_cache_gb)
         env.pop(ENV_PROMETHEUS_MULTIPROC_DIR, None)  # the gateway's, not vLLM's
+        if self.launch.expert_cache is not None:
+            env.update(self.launch.expert_cache.cache_config().to_env())
+            # The cache's counters are counted in vLLM's engine process; a multiprocess directory of the
+            # backend's own makes its /metrics (served by the API process) show them.
+            env[ENV_PROMETHEUS_MULTIPROC_DIR] = str(self._fresh_metrics_dir())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -123,6 +131,12 @@ class VllmProcess:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         logger.info("started vLLM for %s (pid %d), log %s", self.backend.name, self.process.pid, self.log_path)
+
+    def _fresh_metrics_dir(self) -> Path:
+        path = self.data_dir / "metrics" / self.backend.name
+        shutil.rmtree(path, ignore_errors=True)  # counters of an earlier run must not add to this one's
+        path.mkdir(parents=True)
+        return path
 
     def healthy(self) -> bool:
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from thrifty.server.app import build_app
+from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.config import ConfigError, default_config, load_config, parse_config
 
 GOOD = """
@@ -72,6 +73,14 @@ def test_environment_overrides_urls_and_secrets(tmp_path: Path) -> None:
         ("backends: [{name: a, model: m, url: 'http://h'}]\nrouter: [1]", "router: give one router"),
         ("backends: [{name: a, model: m, url: 'http://h'}]\ntimeouts: {total: -1}", "timeouts.total"),
         ("backends: [{name: a, model: m, launch: {model_path: x}}]", "backends.0.launch.port: Field required"),
+        (
+            "backends: [{name: a, model: m, launch: {model_path: x, port: 1, expert_cache: {slots: 2, policy: fifo}}}]",
+            "backends.0.launch.expert_cache: unknown expert-cache policy 'fifo'; choose one of: none, lru",
+        ),
+        (
+            "backends: [{name: a, model: m, launch: {model_path: x, port: 1, expert_cache: {slots: 0}}}]",
+            "backends.0.launch.expert_cache.slots: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_mistakes_are_reported_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
@@ -111,3 +120,23 @@ def test_default_config_serves_the_bundled_model(tmp_path: Path) -> None:
     (backend,) = config.backends
     assert backend.launch is not None and backend.launch.model_path == "bundled"
     assert config.router_name == "cheapest" and config.budgeter_name == "none"
+
+
+def test_an_expert_cache_backend_launches_with_the_plugin_configured(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "backends: [{name: moe, model: m, launch: {model_path: x, port: 8123,"
+        " expert_cache: {slots: 2, policy: pinned, gamma: 0.8, pinned_base: decay}}}]"
+    )
+    backend = load_config(path, environ={}).backends[0]
+    process = VllmProcess(backend, tmp_path)
+    assert "--enforce-eager" in process.command()
+    assert backend.launch is not None and backend.launch.expert_cache is not None
+    env = backend.launch.expert_cache.cache_config().to_env()
+    assert env == {
+        "THRIFTY_MOE_CACHE": "1",
+        "THRIFTY_MOE_SLOTS": "2",
+        "THRIFTY_MOE_POLICY": "pinned",
+        "THRIFTY_MOE_GAMMA": "0.8",
+        "THRIFTY_MOE_PINNED_BASE": "decay",
+    }
