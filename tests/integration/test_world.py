@@ -7,11 +7,11 @@ vLLM processes) and the openai SDK holds a multi-turn session against a solver.
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -24,31 +24,9 @@ from thrifty.server.artifacts import sha256
 from transformers import AutoConfig, AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
+from tests.integration.conftest import DATA_DIR, ROOT, THRIFTY, build_world
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("THRIFTY_TEST_DATA_DIR", "data")).absolute()
-THRIFTY = [sys.executable, "-m", "thrifty.server.cli"]
-
-
-def _build(out: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*THRIFTY, "world", "build", "--quick", "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world") / "w"
-    done = _build(out)
-    assert done.returncode == 0, f"quick world build failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return out
 
 
 def test_manifest_describes_a_complete_build(world: Path) -> None:
@@ -104,7 +82,7 @@ def test_router_log_uses_the_shared_format(world: Path) -> None:
 
 
 def test_rerun_resumes_and_other_settings_are_refused(world: Path) -> None:
-    again = _build(world, timeout=120)
+    again = build_world(world, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done" in again.stderr
     other = subprocess.run(
@@ -119,9 +97,9 @@ def test_rerun_resumes_and_other_settings_are_refused(world: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def world_config(world: Path) -> dict[str, Any]:
     """examples/world.yaml, pointed at the quick world and at free ports."""
-    config = yaml.safe_load((ROOT / "examples" / "world.yaml").read_text())
+    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "world.yaml").read_text())
     config["data_dir"] = str(DATA_DIR)
     for backend in config["backends"]:
         launch = backend["launch"]
@@ -129,6 +107,12 @@ def gateway(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         launch["startup_timeout_s"] = 600
         if launch["model_path"].startswith("data/world/"):
             launch["model_path"] = str(world / launch["model_path"].removeprefix("data/world/"))
+    return config
+
+
+@pytest.fixture(scope="module")
+def gateway(world_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = world_config
     folder = tmp_path_factory.mktemp("world-gateway")
     path = folder / "world.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -178,3 +162,20 @@ def test_multi_turn_session_against_a_solver(gateway: str) -> None:
     )
     assert none.headers["x-thrifty-thinking-budget"] == "0"
     assert not (getattr(none.parse().choices[0].message, "reasoning", None) or "")
+
+
+def test_the_moe_solver_is_served_through_its_expert_cache(gateway: str, world_config: dict[str, Any]) -> None:
+    """examples/world.yaml declares an expert cache for moe-s: its counters are on that backend's /metrics."""
+    (launch,) = [b["launch"] for b in world_config["backends"] if b["name"] == "moe-s"]
+    assert launch["expert_cache"]["slots"] < 8
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
+    client.chat.completions.create(model="moe-s", messages=[{"role": "user", "content": "x1 = 3*4"}], max_tokens=16)
+    metrics = httpx.get(f"http://127.0.0.1:{launch['port']}/metrics", timeout=10).text
+    series = r'^thrifty_moe_cache_hits_total\{layer="model\.layers\.(\d+)\.mlp\.experts",policy="lru",slots="4"\} (\S+)$'
+    hits = re.findall(series, metrics, re.MULTILINE)
+        r'^thrifty_moe_cache_hits_total\{layer="model.layers.(\d+).mlp.experts",policy="lru",slots="4"\} (\S+)$',
+        metrics,
+        re.M,
+    )
+    assert sorted(layer for layer, _ in hits) == ["0", "1"]
+    assert sum(float(value) for _, value in hits) > 0

@@ -1,0 +1,98 @@
+"""vLLM serves the reasoning world's MoE solver through the expert cache (the thrifty plugin), as the
+gateway's launcher starts it: the same greedy output as plain vLLM, and the cache's counters on the
+backend's own /metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from thrifty.server.backends.launcher import VllmProcess
+from thrifty.server.config import BackendConfig
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+SLOTS = 2  # of the solver's 8 experts per layer: E/4
+
+
+def _launch(world: Path, tmp: Path, name: str, expert_cache: dict[str, object] | None) -> VllmProcess:
+    launch: dict[str, object] = {
+        "model_path": str(world / "solvers" / "moe-s"),
+        "port": free_port(),
+        "dtype": "float32",
+        "max_model_len": 1024,
+        "reasoning_parser": "deepseek_r1",
+        "startup_timeout_s": 600,
+    }
+    if expert_cache is not None:
+        launch["expert_cache"] = expert_cache
+    backend = BackendConfig.model_validate({"name": name, "model": "moe-s", "launch": launch})
+    process = VllmProcess(backend, tmp)
+    process.start()
+    try:
+        process.wait_ready()
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(scope="module")
+def servers(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp("moe-cache")
+    plain = _launch(world, tmp, "plain", None)
+    try:
+        cached = _launch(world, tmp, "cached", {"slots": SLOTS, "policy": "lru"})
+        try:
+            yield plain.backend.base_url, cached.backend.base_url
+        finally:
+            cached.stop()
+    finally:
+        plain.stop()
+
+
+def _prompts(world: Path, count: int) -> list[str]:
+    chains = [json.loads(line) for line in (world / "data" / "test.jsonl").read_text().splitlines()[:count]]
+    return [chain["steps"][0]["prompt"] for chain in chains]
+
+
+def _answer(url: str, prompt: str) -> tuple[str, str]:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model="moe-s", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64
+    )
+    message = reply.choices[0].message
+    return getattr(message, "reasoning", None) or "", message.content or ""
+
+
+def _counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals: dict[str, float] = {}
+    for name, value in re.findall(r"^(thrifty_moe_cache_\w+_total)\{[^}]*\} (\S+)$", text, re.MULTILINE):
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def test_cached_experts_answer_exactly_as_plain_vllm(servers: tuple[str, str], world: Path) -> None:
+    plain, cached = servers
+    before = _counters(cached)
+    prompts = _prompts(world, 8)
+    for prompt in prompts:
+        expected = _answer(plain, prompt)
+        assert any(expected), prompt
+        assert _answer(cached, prompt) == expected, prompt
+    after = _counters(cached)
+    passes = after["thrifty_moe_cache_passes_total"] - before.get("thrifty_moe_cache_passes_total", 0.0)
+    hits = after["thrifty_moe_cache_hits_total"] - before.get("thrifty_moe_cache_hits_total", 0.0)
+    misses = after["thrifty_moe_cache_misses_total"] - before.get("thrifty_moe_cache_misses_total", 0.0)
+    assert passes >= 2 * len(prompts)  # two MoE layers, at least a prefill each
+    assert hits > 0 and misses > 0
+    assert after["thrifty_moe_cache_transfer_bytes_total"] > before.get("thrifty_moe_cache_transfer_bytes_total", 0.0)
+    assert not _counters(plain)  # the plugin is installed there too, and does nothing unless asked
