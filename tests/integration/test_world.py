@@ -171,11 +171,7 @@ def test_the_moe_solver_is_served_through_its_expert_cache(gateway: str, world_c
     client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
     client.chat.completions.create(model="moe-s", messages=[{"role": "user", "content": "x1 = 3*4"}], max_tokens=16)
     metrics = httpx.get(f"http://127.0.0.1:{launch['port']}/metrics", timeout=10).text
-    series = r'^thrifty_moe_cache_hits_total\{layer="model\.layers\.(\d+)\.mlp\.experts",policy="lru",slots="4"\} (\S+)$'
-    hits = re.findall(series, metrics, re.MULTILINE)
-        r'^thrifty_moe_cache_hits_total\{layer="model.layers.(\d+).mlp.experts",policy="lru",slots="4"\} (\S+)$',
-        metrics,
-        re.M,
-    )
+    series = r'thrifty_moe_cache_hits_total\{layer="model\.layers\.(\d+)\.mlp\.experts",policy="lru",slots="4"\} (\S+)'
+    hits = re.findall(f"^{series}$", metrics, re.MULTILINE)
     assert sorted(layer for layer, _ in hits) == ["0", "1"]
     assert sum(float(value) for _, value in hits) > 0
