@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.nn import functional as F
-
 from thrifty.moe_runtime.expert_cache import ExpertCache
+from torch.nn import functional as F
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 

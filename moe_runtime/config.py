@@ -36,7 +36,9 @@ class CacheConfig:
         if not 0.0 < self.gamma < 1.0:
             raise ValueError(f"expert cache: gamma must be in (0, 1), got {self.gamma}")
         if self.base in ("none", "pinned") or self.base not in POLICY_NAMES:
-            raise ValueError(f"expert cache: the pinned policy's base must be lru, lfu, lfru or decay, got '{self.base}'")
+            raise ValueError(
+                f"expert cache: the pinned policy's base must be lru, lfu, lfru or decay, got '{self.base}'"
+            )
 
     @property
     def keeps_nothing(self) -> bool:

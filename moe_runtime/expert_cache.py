@@ -27,7 +27,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.eviction import EvictionPolicy, Pinned, build_policy
 
@@ -71,14 +70,14 @@ class _StallClock:
 
     def begin(self) -> None:
         if self.cuda:
-            self._started = torch.cuda.Event(enable_timing=True)
+            self._started = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             self._started.record()
         else:
             self._started = time.perf_counter()
 
     def end(self) -> None:
         if self.cuda:
-            finished = torch.cuda.Event(enable_timing=True)
+            finished = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             finished.record()
             self._pairs.append((self._started, finished))
             if len(self._pairs) >= 4096:
@@ -133,7 +132,7 @@ class ExpertCache:
         )
         self._stats = CacheStats()
         self._clock = _StallClock(self.device)
-        self._copy_stream: Any = torch.cuda.Stream(self.device) if cuda else None
+        self._copy_stream: Any = torch.cuda.Stream(self.device) if cuda else None  # type: ignore[no-untyped-call]
         self._ready: dict[int, Any] = {}  # slot → CUDA event of a prefetch not yet waited on
 
     @property
@@ -151,7 +150,7 @@ class ExpertCache:
     def prepare(self, experts: Iterable[int]) -> dict[int, int]:
         """Make the experts of one forward pass available: expert → slot, or −1 for one that streams."""
         needed = sorted(set(experts))
-        if needed and not (0 <= needed[0] and needed[-1] < self.num_experts):
+        if needed and not (needed[0] >= 0 and needed[-1] < self.num_experts):
             raise ValueError(f"{self.name}: expert ids must be in [0, {self.num_experts}), got {needed}")
         stats = self._stats
         stats.passes += 1
@@ -213,7 +212,7 @@ class ExpertCache:
                 self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(self._copy_stream):
                     self._load(expert, slot)
-                    event = torch.cuda.Event()
+                    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
                     event.record()
                 self._ready[slot] = event
             else:

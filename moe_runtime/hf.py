@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-
 from thrifty.moe_runtime.compute import Activation, cached_experts_forward
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.expert_cache import CacheStats, ExpertCache
+from torch import nn
 
 
 class CachedExperts(nn.Module):
@@ -65,7 +64,9 @@ class CachedModel:
     def pin(self, experts_per_layer: Sequence[Sequence[int]]) -> None:
         """Give every layer its per-sequence set (the ``pinned`` policy), as a predictor would at prefill."""
         if len(experts_per_layer) != len(self.layers):
-            raise ValueError(f"pin needs one expert set per MoE layer ({len(self.layers)}), got {len(experts_per_layer)}")
+            raise ValueError(
+                f"pin needs one expert set per MoE layer ({len(self.layers)}), got {len(experts_per_layer)}"
+            )
         for cache, experts in zip(self.caches, experts_per_layer, strict=True):
             cache.pin(experts)
 

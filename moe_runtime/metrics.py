@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import fields
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-
 from thrifty.moe_runtime.expert_cache import CacheStats
 
 LABELS = ("layer", "policy", "slots")
@@ -32,7 +31,9 @@ class CacheMetrics:
     """The counters, registered once per process; ``publish`` adds what a cache did since its last call."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self._counters = {key: Counter(name, text, LABELS, registry=registry) for key, (name, text) in _COUNTERS.items()}
+        self._counters = {
+            key: Counter(name, text, LABELS, registry=registry) for key, (name, text) in _COUNTERS.items()
+        }
         self._published: dict[str, CacheStats] = {}
 
     def publish(self, layer: str, policy: str, slots: int, stats: CacheStats) -> None:

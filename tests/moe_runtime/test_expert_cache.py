@@ -12,12 +12,12 @@ from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, ExpertCache, cached_e
 from transformers import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
-E, H, I = 6, 16, 12
+E, H, INTER = 6, 16, 12
 
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"gate_up": torch.randn(E, 2 * I, H, generator=g), "down": torch.randn(E, H, I, generator=g)}
+    return {"gate_up": torch.randn(E, 2 * INTER, H, generator=g), "down": torch.randn(E, H, INTER, generator=g)}
 
 
 def _cache(slots: int, policy: str = "lru", **options: object) -> ExpertCache:
@@ -120,7 +120,7 @@ def test_bad_expert_ids_are_refused() -> None:
 
 
 def _reference(seed: int) -> Qwen3MoeExperts:
-    config = Qwen3MoeConfig(hidden_size=H, moe_intermediate_size=I, num_experts=E, num_experts_per_tok=2)
+    config = Qwen3MoeConfig(hidden_size=H, moe_intermediate_size=INTER, num_experts=E, num_experts_per_tok=2)
     config._experts_implementation = "eager"
     module = Qwen3MoeExperts(config)
     weights = _weights(seed)
