@@ -49,10 +49,10 @@ class Row:
 def measure_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes per second, host → ``device`` (pinned source on CUDA), best of ``repeats``."""
     n = megabytes * 2**20 // 4
-    src = torch.empty(n, dtype=torch.float32)
+    src = torch.rand(n)  # written, so the copy reads real pages (an untouched buffer reads the zero page)
     if device.type == "cuda":
         src = src.pin_memory()
-    dst = torch.empty(n, dtype=torch.float32, device=device)
+    dst = torch.zeros(n, device=device)
     best = float("inf")
     for _ in range(repeats):
         _sync(device)
