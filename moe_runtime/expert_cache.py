@@ -134,6 +134,7 @@ class ExpertCache:
         self._clock = _StallClock(self.device)
         self._copy_stream: Any = torch.cuda.Stream(self.device) if cuda else None  # type: ignore[no-untyped-call]
         self._ready: dict[int, Any] = {}  # slot → CUDA event of a prefetch not yet waited on
+        self._map_changed = False  # the host-side map differs from expert_to_slot
 
     @property
     def stats(self) -> CacheStats:
@@ -251,6 +252,7 @@ class ExpertCache:
         self._wait_ready(slot)  # a prefetch still copying into this slot must land before it is reused
         self.slot_of[expert] = -1
         self.expert_in[slot] = -1
+        self._map_changed = True
         if count:
             self._stats.evictions += 1
             assert self.policy is not None
@@ -261,6 +263,7 @@ class ExpertCache:
             tensor[slot].copy_(self.host[key][expert], non_blocking=True)
         self.slot_of[expert] = slot
         self.expert_in[slot] = expert
+        self._map_changed = True
         self._stats.bytes_moved += self.expert_bytes
         if self.policy is not None:
             self.policy.admitted(expert)
@@ -273,5 +276,9 @@ class ExpertCache:
             self._clock.end()
 
     def _publish(self) -> None:
-        # The device-side map follows the host-side one after every change, for kernels that read it.
+        # The device-side map follows the host-side one after every change, for kernels that read it; a
+        # pass of hits changes nothing and copies nothing (on CUDA this copy is synchronous).
+        if not self._map_changed:
+            return
+        self._map_changed = False
         self.expert_to_slot.copy_(torch.tensor(self.slot_of, dtype=torch.int32), non_blocking=False)

@@ -19,7 +19,7 @@ import json
 import platform
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -116,7 +116,7 @@ def replay(
         for layer, cache in enumerate(caches):
             ids = passes[0][:, layer].to(device=device, dtype=torch.long)
             cached_experts_forward(cache, x_prompt[: ids.shape[0]], ids, gates[: ids.shape[0]])
-        before = [_copy(c.stats) for c in caches]
+        before = [replace(c.stats) for c in caches]
         _sync(device)
         start = time.perf_counter()
         for step in passes[1:]:
@@ -128,10 +128,6 @@ def replay(
         for cache, old in zip(caches, before, strict=True):
             decode.add(_minus(cache.stats, old))
     return elapsed, decode
-
-
-def _copy(stats: CacheStats) -> CacheStats:
-    return CacheStats(**{k: v for k, v in asdict(stats).items()})
 
 
 def _minus(a: CacheStats, b: CacheStats) -> CacheStats:
