@@ -104,4 +104,4 @@ typecheck: install
 	rm -rf build/typecheck && mkdir -p build/typecheck/thrifty
 	for p in server router budgeter moe_runtime; do ln -s ../../../$$p build/typecheck/thrifty/$$p; done
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p thrifty
-	$(VENV)/bin/ruff check server router budgeter moe_runtime tests loadtests
+	$(VENV)/bin/ruff check server router budgeter moe_runtime tests loadtests benchmarks setup.py

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from thrifty.moe_runtime.expert_cache import ExpertCache
 from torch.nn import functional as F
+
+from thrifty.moe_runtime.expert_cache import ExpertCache
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 

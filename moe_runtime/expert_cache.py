@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.eviction import EvictionPolicy, Pinned, build_policy
 

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
 from thrifty.moe_runtime.compute import Activation, cached_experts_forward
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.expert_cache import CacheStats, ExpertCache
-from torch import nn
 
 
 class CachedExperts(nn.Module):

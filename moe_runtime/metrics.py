@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
 from thrifty.moe_runtime.expert_cache import CacheStats
 
 LABELS = ("layer", "policy", "slots")

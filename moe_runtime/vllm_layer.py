@@ -19,12 +19,13 @@ import os
 from typing import Any
 
 import torch
+from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+
 from thrifty.moe_runtime.compute import cached_experts_forward
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.expert_cache import ExpertCache
 from thrifty.moe_runtime.metrics import CacheMetrics
-from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
-from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ def register() -> None:
     config = CacheConfig.from_env(os.environ)  # a bad setting raises here, before any model loads
     if config is None:
         return
-    from thrifty.moe_runtime.vllm_layer import CachedRoutedExperts
     from vllm.model_executor.custom_op import op_registry_oot
     from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    from thrifty.moe_runtime.vllm_layer import CachedRoutedExperts
 
     if op_registry_oot.get("RoutedExperts") is CachedRoutedExperts:
         return

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
 from thrifty.server.artifacts import sha256
 

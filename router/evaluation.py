@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from thrifty.router.outcomes import OutcomeTable
 
 LAMBDA_SPAN = (1e-3, 1e3)  # × 1 / (mean cost per query): from accuracy-only to cost-only

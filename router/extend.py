@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from thrifty.router.artifact import RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.eval_log import EvalRecord
 from thrifty.router.kmeans import CellStats, KMeansRouterModel
@@ -58,6 +59,7 @@ def _kmeans_column(artifact: RouterArtifact, x: np.ndarray, table: OutcomeTable,
 
 def _mlp_head(artifact: RouterArtifact, x: np.ndarray, table: OutcomeTable, seed: int) -> dict[str, np.ndarray]:
     import torch
+
     from thrifty.router.mlp import CostScale, MlpPlan, RouterNet, Targets, load_arrays, state_arrays, train_local
 
     settings = artifact.settings

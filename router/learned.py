@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.router.embedding import Embedder

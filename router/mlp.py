@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from thrifty.router.outcomes import OutcomeTable
 from torch import nn
+
+from thrifty.router.outcomes import OutcomeTable
 
 
 @dataclass(frozen=True, slots=True)

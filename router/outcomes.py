@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from thrifty.router.eval_log import EvalRecord
 
 # The llmrouter data carry scores but no token counts; costs are estimated from the prompt's length and

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
 from thrifty.router.eval_log import read_eval_log, write_eval_log

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
 from thrifty.budgeter import build_budgeter
 from thrifty.router import NothingToReload, Router, build_router
 from thrifty.server.access import AccessControl

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+
 from thrifty.server.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -40,6 +41,27 @@ train_app = typer.Typer(help="Offline training jobs that export artifacts the ga
 app.add_typer(train_app, name="train")
 router_app = typer.Typer(help="Router artifacts: embedders and models added after training.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"thrifty {version('thrifty')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("thrifty (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Thrifty: an OpenAI-compatible gateway that spends compute where it pays."""
+
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
 
@@ -287,6 +309,7 @@ def serve(
 ) -> None:
     """Start the gateway (and any vLLM backends the config launches)."""
     import uvicorn
+
     from thrifty.server.backends.launcher import LaunchError, start_all, stop_all
     from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from thrifty.moe_runtime.config import CacheConfig
 
 ENV_CONFIG = "THRIFTY_CONFIG"

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
+
 from thrifty.budgeter import Budgeter, BudgetRequest
 from thrifty.router import AUTO, InvalidRouting, NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.server.access import AccessControl, Principal

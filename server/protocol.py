@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from thrifty.server.errors import InvalidRequest
 
 Model = TypeVar("Model", bound="WireModel")

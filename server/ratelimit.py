@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
 from thrifty.server.errors import RateLimited
 
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ import time
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+
 from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest
 from thrifty.server.metrics import NO_BACKEND
 from thrifty.server.pipeline import Endpoint, Pipeline, error_response

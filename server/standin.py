@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from thrifty.server.types import ASGIReceive, ASGIScope, ASGISend
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import Request
+
 from thrifty.router import Router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends.pool import BackendPool

@@ -18,6 +18,7 @@ from typing import Any, Self
 import httpx
 import uvicorn
 from fastapi import FastAPI
+
 from thrifty.server.app import build_app
 from thrifty.server.config import GatewayConfig, parse_config
 from thrifty.server.standin import Standin, StandinState

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
+
 from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, CacheStats, ExpertCache, cached_experts_forward
 from thrifty.moe_runtime.traces import RoutingTrace, from_recording, synthetic
-from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 PRESETS: dict[str, dict[str, int]] = yaml.safe_load((HERE / "presets.yaml").read_text())
@@ -70,8 +71,9 @@ def _sync(device: torch.device) -> None:
 
 def record_world_trace(model_dir: Path, test_file: Path, sequences: int, new_tokens: int) -> RoutingTrace:
     """Greedy generations of the world's MoE solver on its held-out problems' first turns, routing recorded."""
-    from thrifty.moe_runtime.hf import convert
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thrifty.moe_runtime.hf import convert
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from thrifty.router import ModelCandidate, RoutingRequest
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, MiniLmEmbedder, MiniLmInt8Embedder, StaticEmbedder

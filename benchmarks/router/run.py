@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from thrifty.router.artifact import RouterArtifact, load_artifact
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, cache_file, cached_encode, load_embedder, store_cached
 from thrifty.router.evaluation import (

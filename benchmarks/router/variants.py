@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from run import Vectors
+
 from thrifty.router.embedding import EMBEDDER_KINDS, load_embedder
 from thrifty.router.evaluation import cost_range, lambda_grid, normalized_auc, sweep, task_predictions
 from thrifty.router.mlp import (

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
 from thrifty.budgeter.world.chains import Chain
 from thrifty.budgeter.world.chat_format import messages_for
 from thrifty.budgeter.world.solvers import SolverSpec

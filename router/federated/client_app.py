@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
 from thrifty.router.embedding import Embedder
 from thrifty.router.federated import local
 

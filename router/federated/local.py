@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
@@ -176,6 +177,7 @@ def mlp_train(
 ) -> tuple[dict[str, np.ndarray], float, int]:
     """Local epochs from the global parameters: (new parameters, last epoch's loss, observed cells used)."""
     import torch
+
     from thrifty.router.mlp import state_arrays, train_local
 
     torch.set_num_threads(1)  # one simulated client per core

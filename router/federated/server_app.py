@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, load_embedder
 from thrifty.router.federated.plan import FederatedPlan
@@ -109,6 +110,7 @@ def train_mlp(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder, moments: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     import torch
+
     from thrifty.router.mlp import CostScale, RouterNet, state_arrays
 
     scale = CostScale.from_moments(*moments)

@@ -65,6 +65,7 @@ def simulate(plan: FederatedPlan, clients: int, quiet: bool = True) -> Path:
 
 def _run_here(plan: FederatedPlan, clients: int) -> None:
     from flwr.simulation import run_simulation
+
     from thrifty.router.federated.client_app import app as client_app
     from thrifty.router.federated.server_app import make_server_app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+
 from thrifty.server.backends.pool import Backend
 from thrifty.server.config import GatewayConfig
 from thrifty.server.errors import BackendError, BackendTimeout, BackendUnavailable

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 
 import aiohttp
+
 from thrifty.router import ModelCandidate
 from thrifty.server.backends.circuit import CircuitBreaker
 from thrifty.server.config import BackendConfig, GatewayConfig

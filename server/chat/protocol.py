@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
+
 from thrifty.server.protocol import MAX_TOKENS, CompletionFields, WireModel
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
+
 from thrifty.server.state import gateway_state
 
 router = APIRouter()

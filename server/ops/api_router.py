@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
+
 from thrifty.router import NothingToReload, Router
 from thrifty.server.errors import BackendUnavailable, Conflict, UnprocessableArtifact
 from thrifty.server.metrics import GatewayMetrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
+
 from thrifty.server.errors import InvalidRequest, SessionNotFound, SessionStoreDown
 from thrifty.server.sessions.manager import SESSION_ID_PATTERN
 from thrifty.server.sessions.store import StoreUnavailable

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
 from thrifty.server.sessions.model import Session, Turn
 from thrifty.server.sessions.store import SessionStore, StoreUnavailable
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from thrifty.budgeter import Budgeter, BudgetRequest, build_budgeter
 
 REQUEST = BudgetRequest("m", {"messages": []})

@@ -8,6 +8,7 @@ from decimal import ROUND_DOWN, Decimal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from thrifty.budgeter.world.arithmetic import ExpressionError, fmt, tokenize, work
 
 numbers = st.one_of(

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from thrifty.budgeter.world.chains import Chain, build_chains, chain_from_gsm8k
 from thrifty.budgeter.world.chat_format import (
     THINK_END,

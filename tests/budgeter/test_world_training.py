@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
 from thrifty.budgeter.world.build import BuildError, BuildOptions, WorldBuild
 from thrifty.budgeter.world.chains import build_chains
 from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer

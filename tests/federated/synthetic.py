@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from thrifty.router.eval_log import EvalRecord, write_eval_log
 
 SUBJECTS = ["x squared", "sine x", "log x", "e to the x", "x cubed", "one over x", "the square root of x", "tan x"]

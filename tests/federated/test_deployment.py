@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from thrifty.router.training import by_client_label, load_outcomes, write_clients
 
 from tests.federated.synthetic import write_log
 from tests.helpers import free_port
 from tests.router.fixtures import tiny_static_embedder
+from thrifty.router.training import by_client_label, load_outcomes, write_clients
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "federated-router"
 BIN = Path(sys.executable).parent

@@ -7,14 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from tests.federated.synthetic import MATH_PROBE, POEM_PROBE, write_log
+from tests.router.fixtures import tiny_static_embedder
 from thrifty.router import ModelCandidate, RoutingRequest
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.federated.simulation import SimulationFailed, simulate
 from thrifty.router.learned import LearnedRouter
 from thrifty.router.training import TrainRequest, train_router
-
-from tests.federated.synthetic import MATH_PROBE, POEM_PROBE, write_log
-from tests.router.fixtures import tiny_static_embedder
 
 CANDIDATES = [ModelCandidate("big", 10, 30, False, 4096), ModelCandidate("small", 0.1, 0.3, False, 4096)]
 SMALL_MLP = {"rounds": 6, "local_epochs": 3, "width": 64, "learning_rate": 3e-3, "clusters": "2,4"}

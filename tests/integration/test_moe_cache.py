@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from thrifty.server.backends.launcher import VllmProcess
-from thrifty.server.config import BackendConfig
 
 from tests.helpers import free_port
+from thrifty.server.backends.launcher import VllmProcess
+from thrifty.server.config import BackendConfig
 
 pytestmark = pytest.mark.integration
 

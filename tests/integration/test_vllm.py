@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
+from tests.helpers import free_port, serve_process, stop_process, wait_ready
 from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.bundled_model import is_prepared, model_dir
 from thrifty.server.config import parse_config
-
-from tests.helpers import free_port, serve_process, stop_process, wait_ready
 
 pytestmark = pytest.mark.integration
 

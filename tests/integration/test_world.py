@@ -17,14 +17,14 @@ import httpx
 import openai
 import pytest
 import yaml
-from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
-from thrifty.budgeter.world.solvers import load_specs
-from thrifty.router.eval_log import read_eval_log
-from thrifty.server.artifacts import sha256
 from transformers import AutoConfig, AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 from tests.integration.conftest import DATA_DIR, ROOT, THRIFTY, build_world
+from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
+from thrifty.budgeter.world.solvers import load_specs
+from thrifty.router.eval_log import read_eval_log
+from thrifty.server.artifacts import sha256
 
 pytestmark = pytest.mark.integration
 

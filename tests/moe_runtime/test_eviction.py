@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from thrifty.moe_runtime.config import ENV_ENABLE, ENV_SLOTS, CacheConfig
 from thrifty.moe_runtime.eviction import POLICY_NAMES, DecayedState, Pinned, build_policy
 

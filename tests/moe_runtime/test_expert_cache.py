@@ -8,9 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, ExpertCache, cached_experts_forward
 from transformers import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
+
+from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, ExpertCache, cached_experts_forward
 
 E, H, INTER = 6, 16, 12
 

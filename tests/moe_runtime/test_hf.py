@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from thrifty.moe_runtime import POLICY_NAMES, CacheConfig
-from thrifty.moe_runtime.hf import convert
 from transformers import (
     MixtralConfig,
     MixtralForCausalLM,
@@ -18,6 +16,9 @@ from transformers import (
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
+
+from thrifty.moe_runtime import POLICY_NAMES, CacheConfig
+from thrifty.moe_runtime.hf import convert
 
 EXPERTS = 6
 COMMON = {

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from thrifty.moe_runtime import CacheConfig, ExpertCache
 from thrifty.moe_runtime.traces import RoutingTrace, TraceSequence, synthetic
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import StaticEmbedder, minilm_path
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
 from thrifty.router.artifact import ArtifactError, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.embedding import EmbedderMismatch
 from thrifty.router.mlp import CostScale, RouterNet, predict, state_arrays
-
-from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
 
 
 def test_numpy_mlp_prediction_matches_torch(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from thrifty.router import ModelCandidate, NoRoute, RoutingRequest, build_router
 
 REQUEST = RoutingRequest("chat", "auto", {"model": "auto"})

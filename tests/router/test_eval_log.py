@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from thrifty.router.eval_log import EvalLogError, EvalRecord, read_eval_log, write_eval_log
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from thrifty.router import evaluation as ev
 from thrifty.router.outcomes import OutcomeTable
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from tests.router.fixtures import MATH, POEM, tiny_static_embedder
 from thrifty.router.artifact import RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.eval_log import EvalRecord
 from thrifty.router.extend import add_model
 from thrifty.router.mlp import RouterNet, state_arrays
-
-from tests.router.fixtures import MATH, POEM, tiny_static_embedder
 
 
 def test_a_new_mlp_head_learns_and_leaves_the_others_alone(tmp_path: Path) -> None:

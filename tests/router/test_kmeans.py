@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from thrifty.router.kmeans import CellStats, KMeansRouterModel, assign, fit_central, kmeans
 from thrifty.router.outcomes import OutcomeTable
 

@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from thrifty.router import InvalidRouting, ModelCandidate, NoRoute, RoutingRequest, build_router
-from thrifty.router.learned import LearnedRouter, query_text
 
 from tests.router.fixtures import MATH, POEM, PRESETS, tiny_static_embedder, two_topic_artifact, two_topic_folder
+from thrifty.router import InvalidRouting, ModelCandidate, NoRoute, RoutingRequest, build_router
+from thrifty.router.learned import LearnedRouter, query_text
 
 BIG = ModelCandidate("big", 10.0, 30.0, False, 4096)
 SMALL = ModelCandidate("small", 0.1, 0.3, False, 4096)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from thrifty.router.eval_log import EvalRecord
 from thrifty.router.outcomes import (
     ASSUMED_COMPLETION_TOKENS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from thrifty.router.outcomes import OutcomeTable
 from thrifty.router.partition import PartitionPlan, partition
 

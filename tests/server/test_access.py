@@ -7,12 +7,12 @@ import re
 import subprocess
 
 import pytest
+
+from tests.helpers import CHAT, THRIFTY_CLI, config_for, fresh_minute, gateway, standins, state_of
 from thrifty.server.access import hash_key
 from thrifty.server.errors import RateLimited
 from thrifty.server.ratelimit import MemoryRateLimiter, Quota
 from thrifty.server.standin import StandinState
-
-from tests.helpers import CHAT, THRIFTY_CLI, config_for, fresh_minute, gateway, standins, state_of
 
 KEY_A, KEY_B = "thr-alpha-secret-key", "thr-beta-secret-key"
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import orjson
-from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, config_for, gateway, sample, standins
+from thrifty.server.standin import StandinState
 
 
 def _backend(name: str, model: str, url: str, **extra: object) -> dict[str, object]:

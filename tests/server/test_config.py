@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from thrifty.server.app import build_app
 from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.config import ConfigError, default_config, load_config, parse_config

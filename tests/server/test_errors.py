@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, config_for, gateway, sample, standins
+from thrifty.server.standin import StandinState
 
 
 def _assert_error(response: object, status: int, param: str | None = None, code: str | None = None) -> dict:

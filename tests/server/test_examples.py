@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from thrifty.server.app import build_app
 from thrifty.server.config import load_config
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
-from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
+from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
+from thrifty.server.standin import StandinState
 
 BODY = {"model": "m", **CHAT}
 

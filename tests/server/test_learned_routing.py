@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from thrifty.server.access import hash_key
-from thrifty.server.standin import StandinState
 
 from tests.helpers import config_for, free_port, gateway, sample, standins
 from tests.router.fixtures import MATH, POEM, PRESETS, two_topic_folder
+from thrifty.server.access import hash_key
+from thrifty.server.standin import StandinState
 
 
 @pytest.fixture

@@ -9,11 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from thrifty.server.access import hash_key
-from thrifty.server.sessions.model import Turn
-from thrifty.server.sessions.redis_store import RedisSessionStore
-from thrifty.server.sessions.store import StoreUnavailable
-from thrifty.server.standin import StandinState
 
 from tests.helpers import (
     CHAT,
@@ -28,6 +23,11 @@ from tests.helpers import (
     stop_process,
     wait_ready,
 )
+from thrifty.server.access import hash_key
+from thrifty.server.sessions.model import Turn
+from thrifty.server.sessions.redis_store import RedisSessionStore
+from thrifty.server.sessions.store import StoreUnavailable
+from thrifty.server.standin import StandinState
 
 KEY = "thr-redis-test-key"
 
@@ -170,6 +170,7 @@ def test_two_gateways_share_sessions_and_limits_and_restarts_lose_nothing(redis:
 
 async def test_redis_rate_limits_are_shared_and_survive_an_outage(redis: RedisServer) -> None:
     from redis.asyncio import Redis
+
     from thrifty.server.errors import RateLimited
     from thrifty.server.ratelimit import Quota, RedisRateLimiter
 

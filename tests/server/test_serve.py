@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, THRIFTY_CLI, free_port, serve_process, standins, stop_process, wait_ready
+from thrifty.server.standin import StandinState
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

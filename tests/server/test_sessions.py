@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from tests.helpers import CHAT, config_for, gateway, standins
 from thrifty.server.sessions.memory import MemorySessionStore
 from thrifty.server.sessions.model import Turn
 from thrifty.server.standin import StandinState
-
-from tests.helpers import CHAT, config_for, gateway, standins
 
 
 def _config(url: str, **extra: object) -> object:

@@ -7,9 +7,9 @@ import time
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from thrifty.server.standin import StandinState
 
 from tests.helpers import CHAT, config_for, running_gateway, sample, standins
+from thrifty.server.standin import StandinState
 
 
 def test_a_client_leaving_mid_stream_releases_the_backend_stream() -> None:
