@@ -123,6 +123,7 @@ def world_build(
     """Make the chains, train the solvers, evaluate them through vLLM and write the report and manifest."""
     from thrifty.budgeter.world.build import BuildError, BuildOptions, build_world
     from thrifty.budgeter.world.evaluate import EvaluationError
+    from thrifty.budgeter.world.training import TrainingTooSlow
     from thrifty.server.backends.launcher import LaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -131,7 +132,7 @@ def world_build(
     options = BuildOptions(data_dir=data, out=out, quick=quick, seed=seed, solvers=names)
     try:
         manifest = build_world(options, fresh=fresh)
-    except (BuildError, EvaluationError, LaunchError) as exc:
+    except (BuildError, EvaluationError, LaunchError, TrainingTooSlow) as exc:
         raise _fail(str(exc)) from None
     for name, metrics in manifest["metrics"].items():
         unlimited = metrics.get("none") or next(reversed(metrics.values()))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from thrifty.budgeter.world.chains import Chain, build_chains
 from thrifty.budgeter.world.evaluate import TurnResult
+from thrifty.budgeter.world.report import figure
 from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
 from thrifty.router.eval_log import EvalRecord, write_eval_log
 from thrifty.server.artifacts import sha256, write_text_atomic
@@ -59,6 +60,10 @@ def _turns_by_bucket(summaries: dict[str, Any]) -> str:
     first: dict[str, Any] = next(iter(summaries.values()), {})
     row: dict[str, Any] = next(iter(first.values()), {"buckets": {}})
     return ", ".join(f"{b['turns']} {name}" for name, b in row["buckets"].items()) + " turns"
+
+
+def _minutes(seconds: Any) -> str:
+    return figure(seconds / 60 if isinstance(seconds, int | float) else None, ".1f")
 
 
 class BuildError(RuntimeError):
@@ -210,10 +215,10 @@ class WorldBuild:
             "`thinking_token_budget`, greedy, gold history.",
             "",
             "Time: training "
-            + ", ".join(f"{name} {training[name]['train_seconds'] / 60:.1f} min" for name in self.names)
+            + ", ".join(f"{name} {_minutes(training[name].get('train_seconds'))} min" for name in self.names)
             + "; evaluation "
             + ", ".join(
-                f"{name} {done[f'eval:{name}']['seconds'] / 60:.1f} min"
+                f"{name} {_minutes(done[f'eval:{name}'].get('seconds'))} min"
                 for name in self.names
                 if f"eval:{name}" in done
             )

@@ -152,6 +152,11 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def figure(value: Any, spec: str = "") -> str:
+    """A number for a table, or "–" where a record lacks it (an older build, an interrupted stage)."""
+    return "–" if not isinstance(value, int | float) or isinstance(value, bool) else format(value, spec)
+
+
 def results_page(
     summaries: dict[str, dict[str, Any]], training: dict[str, dict[str, Any]], header: Sequence[str]
 ) -> str:
@@ -160,8 +165,9 @@ def results_page(
     lines.append("|---|---|---:|---:|---:|---:|")
     for name, record in training.items():
         lines.append(
-            f"| {name} | {record['architecture']} | {record['parameters']:,} | {record['steps']} "
-            f"| {record['train_seconds']:.0f} | {record['final_loss']:.3f} |"
+            f"| {name} | {record.get('architecture', '–')} | {figure(record.get('parameters'), ',')} "
+            f"| {figure(record.get('steps'))} | {figure(record.get('train_seconds'), '.0f')} "
+            f"| {figure(record.get('final_loss'), '.3f')} |"
         )
     for name, summary in summaries.items():
         lines += ["", f"## {name}: turn accuracy (%) by thinking budget", ""]
@@ -176,8 +182,8 @@ def results_page(
             lines.append(
                 f"| {label} | {_pct(row['turn_accuracy'])} | "
                 + " | ".join(cells)
-                + f" | {_pct(row['problem_accuracy'])} | {row['mean_thinking_tokens']:.1f}"
-                + f" | {1000 * row['mean_cost_per_turn']:.4f} |"
+                + f" | {_pct(row['problem_accuracy'])} | {figure(row['mean_thinking_tokens'], '.1f')}"
+                + f" | {figure(1000 * row['mean_cost_per_turn'], '.4f')} |"
             )
     lines += ["", "## What this build shows", "", "| claim | holds | evidence (accuracies in %) |", "|---|---|---|"]
     lines += [

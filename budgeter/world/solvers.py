@@ -84,8 +84,14 @@ class SolverSpec:
 
 @dataclass(frozen=True, slots=True)
 class TrainingPlan:
+    """How a solver is trained. ``steps`` alone decides how much: a build computes the same on any machine.
+
+    ``max_minutes`` is only a safety net against a machine far slower than expected (or a hung job): past
+    it, training checkpoints and fails with a message, and running the build again continues from there.
+    """
+
     steps: int
-    minutes: float
+    max_minutes: float
     batch_size: int
     learning_rate: float
     warmup_steps: int
@@ -96,8 +102,8 @@ class TrainingPlan:
     solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.minutes <= 0:
-            raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and minutes > 0")
+        if self.steps < 1 or self.batch_size < 1 or self.max_minutes <= 0:
+            raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and max_minutes > 0")
         if not 0 <= self.truncated_fraction < 1:
             raise ValueError("truncated_fraction must be in [0, 1)")
         if any(steps < 1 for steps in self.solver_steps.values()):

@@ -87,6 +87,10 @@ class TrainingInterrupted(RuntimeError):
     """Training stopped on request after a checkpoint; calling ``train_solver`` again resumes it."""
 
 
+class TrainingTooSlow(RuntimeError):
+    """Training ran past its plan's ``max_minutes``; it stopped at a checkpoint and resumes when run again."""
+
+
 class Batches:
     """Step → batch, deterministic: examples of similar length are drawn together to waste less padding."""
 
@@ -208,16 +212,20 @@ def train_solver(
     if progress["step"]:
         _load_optimizer(optimizer, checkpoint)
     batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, int(tokenizer.pad_token_id))
-    budget_s = plan.minutes * 60
+    limit_s = plan.max_minutes * 60
     started = time.monotonic() - progress["elapsed_s"]
     last_checkpoint = time.monotonic()
     bar = tqdm(total=plan.steps, initial=progress["step"], desc=f"train {spec.name}", disable=not progress_bar)
     window: list[float] = []
-    stopped_by = "steps"
     while progress["step"] < plan.steps:
-        if time.monotonic() - started >= budget_s:
-            stopped_by = "time"
-            break
+        if time.monotonic() - started >= limit_s:
+            _save_checkpoint(model, optimizer, progress, checkpoint)
+            bar.close()
+            raise TrainingTooSlow(
+                f"training {spec.name} did {progress['step']} of {plan.steps} steps in {plan.max_minutes:g} minutes, "
+                "its safety limit (max_minutes in solvers.yaml): this machine is much slower than expected, or "
+                "busy. It stopped at a checkpoint; run the build again to continue from there."
+            )
         step = progress["step"]
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(plan, step)
@@ -252,8 +260,6 @@ def train_solver(
         "architecture": spec.architecture,
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": progress["step"],
-        "planned_steps": plan.steps,
-        "stopped_by": stopped_by,
         "train_seconds": round(progress["elapsed_s"], 1),
         "final_loss": progress["losses"][-1][1] if progress["losses"] else None,
         "losses": progress["losses"],

@@ -88,3 +88,10 @@ def test_claims_are_checked_against_the_numbers() -> None:
     )
     page = results_page({"dense-s": small, "dense-m": weak}, {}, ["# t"])
     assert "## What this build shows" in page and "| dense-m is more accurate" in page
+
+
+def test_a_results_page_never_crashes_on_a_missing_figure() -> None:
+    # A solver whose training logged no loss point (or a record from an older build) shows "–".
+    training = {"dense-s": {"architecture": "qwen3", "parameters": 1000, "steps": 3, "final_loss": None}}
+    page = results_page({"dense-s": summarize(_results())}, training, ["# title"])
+    assert "| dense-s | qwen3 | 1,000 | 3 | – | – |" in page

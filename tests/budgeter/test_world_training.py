@@ -19,6 +19,7 @@ from thrifty.budgeter.world.training import (
     IGNORE,
     Batches,
     TrainingInterrupted,
+    TrainingTooSlow,
     _sequence,
     make_examples,
     train_solver,
@@ -43,7 +44,7 @@ TINY_MOE = SolverSpec(
 def _plan(**overrides: object) -> TrainingPlan:
     values: dict[str, object] = {
         "steps": 6,
-        "minutes": 5,
+        "max_minutes": 5,
         "batch_size": 4,
         "learning_rate": 3e-3,
         "warmup_steps": 2,
@@ -101,6 +102,16 @@ def test_resumed_training_equals_uninterrupted(spec: SolverSpec, chains: list, t
     config = json.loads((tmp_path / "resumed" / "config.json").read_text())
     assert config.get("output_router_logits", False) is False
     assert (tmp_path / "resumed" / "tokenizer.json").exists()
+
+
+def test_the_time_limit_is_only_a_safety_net_that_fails_clearly(chains: list, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    # Far past the limit from the start (a machine infinitely slow): no silent short training, an error
+    # that says what happened and what to do, and a checkpoint the next run continues from.
+    with pytest.raises(TrainingTooSlow, match=r"did 0 of 6 steps .* run the build again"):
+        train_solver(TINY, _plan(max_minutes=1e-9), chains, tmp_path / "slow", seed=3, progress_bar=False)
+    assert not (tmp_path / "slow").exists() and (tmp_path / "slow.checkpoint" / "progress.json").exists()
+    record = train_solver(TINY, _plan(), chains, tmp_path / "slow", seed=3, progress_bar=False)
+    assert record["steps"] == 6 and record["final_loss"] is not None
 
 
 def test_solver_specs_validate() -> None:

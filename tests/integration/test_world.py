@@ -20,7 +20,7 @@ import yaml
 from transformers import AutoConfig, AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
-from tests.integration.conftest import DATA_DIR, ROOT, THRIFTY, build_world
+from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY, build_world
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
@@ -82,14 +82,14 @@ def test_router_log_uses_the_shared_format(world: Path) -> None:
 
 
 def test_rerun_resumes_and_other_settings_are_refused(world: Path) -> None:
-    again = build_world(world, timeout=120)
+    again = build_world(world)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done" in again.stderr
     other = subprocess.run(
         [*THRIFTY, "world", "build", "--out", str(world), "--seed", "7"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=BUILD_TIMEOUT_S,
         cwd=ROOT,
         check=False,
     )
