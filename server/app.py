@@ -37,6 +37,7 @@ from thrifty.server.config import (
     default_config,
     load_config,
 )
+from thrifty.server.drain import Drain, start_on_termination
 from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes
@@ -119,7 +120,8 @@ def build_app(config: GatewayConfig) -> FastAPI:
         store, limiter = _stores(config)
         sessions = SessionManager(store, config.sessions, metrics)
         access = AccessControl(config.auth, limiter, metrics)
-        pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access)
+        drain = Drain(config.server.graceful_shutdown_s)
+        pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access, drain)
         limit = config.limits.max_body_bytes
         app.state.gateway = GatewayState(
             pool=pool,
@@ -130,13 +132,17 @@ def build_app(config: GatewayConfig) -> FastAPI:
             completions=completion_serving(pipeline, limit),
             models_body=_models_body(pool, router),
             router=router,
+            drain=drain,
         )
         hangup = _reload_on_sighup(router, metrics)
+        termination = start_on_termination(drain)
         await pool.check_health(session)
         checker = asyncio.create_task(pool.run_health_checks(session), name="thrifty-health")
         try:
             yield
         finally:
+            termination()
+            drain.close()
             hangup()
             checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import shutil
 import signal
@@ -313,6 +314,7 @@ def serve(
 
     from thrifty.server.backends.launcher import LaunchError, start_all, stop_all
     from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
+    from thrifty.server.drain import UVICORN_MARGIN_S
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -373,7 +375,9 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,
-            timeout_graceful_shutdown=int(config.server.graceful_shutdown_s),
+            # The gateway ends what is left of a drain itself, with proper answers (server/drain.py);
+            # uvicorn's own cut comes later still, as a backstop.
+            timeout_graceful_shutdown=math.ceil(config.server.graceful_shutdown_s + UVICORN_MARGIN_S),
         )
     except LaunchError as exc:
         raise _fail(str(exc)) from None

@@ -111,15 +111,20 @@ class BackendConfig(_Strict):
 
 
 class Timeouts(_Strict):
-    """Seconds. ``first_token`` bounds the wait for a stream's first event; ``total`` the whole request."""
+    """Seconds. ``first_token`` bounds the wait for a stream's first event, ``idle`` the wait for each
+    later one (a backend that froze mid-stream), ``total`` the whole request."""
 
     connect: float = Field(5.0, gt=0)
     first_token: float = Field(60.0, gt=0)
+    idle: float = Field(30.0, gt=0, description="longest silence between two events of a stream")
     total: float = Field(600.0, gt=0)
 
 
 class Limits(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_sse_event_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest event relayed from a backend's stream (502 beyond)"
+    )
     answer_tokens: int = Field(512, ge=1, description="answer allowance added to a thinking budget")
     max_connections_per_backend: int = Field(256, ge=1)
     retries: int = Field(2, ge=0, description="further backends tried for one request")

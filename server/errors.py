@@ -7,6 +7,7 @@
     ├── RateLimited                   (429 with Retry-After: a key's requests or tokens per minute)
     ├── SessionNotFound               (404)
     ├── SessionStoreDown              (503: the session store cannot be reached)
+    ├── ShuttingDown                  (503: graceful shutdown ran out before the request was answered)
     ├── ModelNotFound                 (404)
     ├── RouteNotFound                 (404, unknown path)
     ├── MethodNotAllowed              (405)
@@ -106,6 +107,12 @@ class SessionStoreDown(GatewayError):
     status_code = 503
     error_type = "server_error"
     default_code = "session_store_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "shutting_down"
 
 
 class ModelNotFound(GatewayError):

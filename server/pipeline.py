@@ -29,6 +29,7 @@ from thrifty.server.access import AccessControl, Principal
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import Backend, BackendPool
 from thrifty.server.config import GatewayConfig
+from thrifty.server.drain import Drain, InFlight
 from thrifty.server.errors import (
     BackendError,
     BackendTimeout,
@@ -36,11 +37,13 @@ from thrifty.server.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    ShuttingDown,
     sse_error_event,
 )
 from thrifty.server.metrics import NO_BACKEND, NO_MODEL, GatewayMetrics
 from thrifty.server.sessions.manager import SessionContext, SessionManager
 from thrifty.server.sessions.model import Turn
+from thrifty.server.sse import SEPARATOR, EventSplitter, EventTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ Endpoint = Literal["chat", "completions"]
 AUTO_MODEL = AUTO
 _PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _RETRY_STATUSES = frozenset({502, 503})
-_SSE_SEPARATOR = b"\n\n"
 _DONE = b"data: [DONE]"
+# The client went away before the end (nginx's code): counted apart from requests answered in full.
+CLIENT_CLOSED = 499
 _FINISH_REASON = re.compile(rb'"finish_reason":"([A-Za-z_]+)"')
 
 
@@ -66,6 +70,8 @@ class RequestOutcome:
 
     metrics: GatewayMetrics
     started: float
+    drain: Drain
+    handle: InFlight
     model: str = NO_MODEL
     backend: str = NO_BACKEND
     overhead: float = 0.0
@@ -114,6 +120,7 @@ class RequestOutcome:
         if self.finished:
             return
         self.finished = True
+        self.drain.leave(self.handle)
         m = self.metrics
         m.in_flight.dec()
         m.requests.labels(self.model, self.backend, str(status)).inc()
@@ -136,6 +143,7 @@ class Pipeline:
         metrics: GatewayMetrics,
         sessions: SessionManager,
         access: AccessControl,
+        drain: Drain,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -145,12 +153,14 @@ class Pipeline:
         self.metrics = metrics
         self.sessions = sessions
         self.access = access
+        self.drain = drain
         self._timeouts = config.timeouts
+        self._models_hint = ", ".join(sorted([*pool.by_model, *router.virtual_models]))
 
     def begin(self, started: float) -> RequestOutcome:
         """Count the request as in flight; the returned outcome must be finished exactly once."""
         self.metrics.in_flight.inc()
-        return RequestOutcome(self.metrics, started)
+        return RequestOutcome(self.metrics, started, self.drain, self.drain.enter())
 
     async def run(
         self,
@@ -201,7 +211,11 @@ class Pipeline:
         requested = body["model"]
         if requested not in self.router.virtual_models:
             if requested not in self.pool.by_model:
-                raise ModelNotFound(f"the model '{requested}' does not exist", param="model")
+                raise ModelNotFound(
+                    f"the model '{requested}' does not exist; this gateway serves: {self._models_hint} "
+                    "(GET /v1/models lists them)",
+                    param="model",
+                )
             return RoutingDecision(requested, "")
         try:
             decision = await self.router.route(
@@ -349,8 +363,9 @@ class Pipeline:
                         return Response(
                             data, status_code=response.status, headers=outcome.headers, media_type="application/json"
                         )
+                    splitter = EventSplitter(self.config.limits.max_sse_event_bytes)
                     try:
-                        first = await response.content.readuntil(_SSE_SEPARATOR)
+                        events = await _first_events(response, splitter)
                     except client.TRANSPORT_ERRORS as exc:
                         response.release()
                         self.pool.record_failure(backend)
@@ -358,47 +373,56 @@ class Pipeline:
                         if attempt < self.config.limits.retries and error.retryable:
                             continue
                         raise error from exc
+                    except EventTooLarge as exc:
+                        response.release()
+                        raise self._oversized(backend, exc) from None
             except TimeoutError:
                 raise BackendTimeout(
                     f"the backend sent no first token within {self._timeouts.first_token:g} s"
                 ) from None
             break
         self.pool.record_success(backend)
+        outcome.handle.stream = response  # from here on, a drain ends the stream by closing the response
         outcome.first_token_at = time.perf_counter()
         headers = outcome.headers
         headers["x-thrifty-backend"] = backend.name
         headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
         headers["cache-control"] = "no-cache"
         return StreamingResponse(
-            self._relay(backend, response, first, outcome, strip_usage, deadline),
+            self._relay(backend, response, events, splitter, outcome, strip_usage, deadline),
             headers=headers,
             media_type="text/event-stream",
+        )
+
+    def _oversized(self, backend: Backend, exc: EventTooLarge) -> BackendError:
+        return BackendError(
+            f"backend '{backend.name}' sent a stream event larger than limits.max_sse_event_bytes "
+            f"({self.config.limits.max_sse_event_bytes:,} bytes)",
+            code="event_too_large",
         )
 
     async def _relay(
         self,
         backend: Backend,
         response: aiohttp.ClientResponse,
-        first: bytes,
+        events: list[bytes],
+        splitter: EventSplitter,
         outcome: RequestOutcome,
         strip_usage: bool,
         deadline: float,
     ) -> AsyncIterator[bytes]:
-        status = 200
-        data = first
-        pending = b""
+        loop = asyncio.get_running_loop()
+        idle = self._timeouts.idle
+        status = CLIENT_CLOSED  # until the stream ends one way or another, the client may leave
         try:
             # Events that arrived together leave together: one write per read from the backend, not
             # one per event. Nothing waits to be batched, so a token is never held back.
-            while data:
-                *events, pending = (pending + data).split(_SSE_SEPARATOR)
+            while True:
                 out = []
                 done = False
                 for event in events:
-                    if not event:
-                        continue
                     if event.startswith(_DONE):
-                        out.append(event + _SSE_SEPARATOR)
+                        out.append(event + SEPARATOR)
                         done = True
                         break
                     if b'"usage"' in event and not self._usage_event(event, outcome, strip_usage):
@@ -406,32 +430,50 @@ class Pipeline:
                     if b'"finish_reason":"' in event:
                         match = _FINISH_REASON.search(event)
                         outcome.finish_reason = match.group(1).decode() if match else None
-                    out.append(event + _SSE_SEPARATOR)
+                    out.append(event + SEPARATOR)
                 if out:
                     yield b"".join(out)
                 if done:
                     await self._conclude(outcome)
-                    break
+                    status = 200
+                    return
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(min(deadline, loop.time() + idle)):
                         data = await response.content.readany()
-                except client.TRANSPORT_ERRORS as exc:
-                    error = client.convert(exc, backend, started=True)
-                    if isinstance(exc, TimeoutError):
-                        error = BackendTimeout(f"the stream did not finish within {self._timeouts.total:g} s")
-                    else:
-                        self.pool.record_failure(backend)
+                    if not data:
+                        # The backend ended the body cleanly but without [DONE]: tell the client it was cut.
+                        raise BackendError(f"backend '{backend.name}' ended the stream early")
+                    events = splitter.feed(data)
+                except (*client.TRANSPORT_ERRORS, EventTooLarge, BackendError) as exc:
+                    error = self._stream_failure(backend, exc, outcome, deadline)
                     status = error.status_code
                     logger.warning("stream from backend %s failed: %s", backend.name, error.message)
                     yield sse_error_event(error)
                     return
-            else:
-                # The backend ended the body cleanly but without [DONE]: tell the client it was cut.
-                status = 502
-                yield sse_error_event(BackendError(f"backend '{backend.name}' ended the stream early"))
         finally:
             response.release()
             outcome.finish(status)
+
+    def _stream_failure(
+        self, backend: Backend, exc: BaseException, outcome: RequestOutcome, deadline: float
+    ) -> GatewayError:
+        """What a stream that broke after its first event tells the client."""
+        if outcome.handle.aborted:
+            return ShuttingDown("the gateway is shutting down; the stream was ended")
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, EventTooLarge):
+            return self._oversized(backend, exc)
+        if isinstance(exc, TimeoutError):
+            if asyncio.get_running_loop().time() >= deadline:
+                return BackendTimeout(f"the stream did not finish within {self._timeouts.total:g} s")
+            self.pool.record_failure(backend)
+            return BackendTimeout(
+                f"backend '{backend.name}' sent nothing for {self._timeouts.idle:g} s (timeouts.idle)",
+                code="backend_idle",
+            )
+        self.pool.record_failure(backend)
+        return client.convert(exc, backend, started=True)
 
     async def _conclude(self, outcome: RequestOutcome) -> None:
         """A request answered in full: record its turn and charge its tokens to the caller's key."""
@@ -450,6 +492,17 @@ class Pipeline:
             return True
         outcome.count_usage(data.get("usage"))
         return not (strip_usage and not data.get("choices"))
+
+
+async def _first_events(response: aiohttp.ClientResponse, splitter: EventSplitter) -> list[bytes]:
+    """Read until the stream's first event is complete; the events that came with it too."""
+    while True:
+        data = await response.content.readany()
+        if not data:
+            raise aiohttp.ServerDisconnectedError("the stream ended before its first event")
+        events = splitter.feed(data)
+        if events:
+            return events
 
 
 async def _read_error_text(response: aiohttp.ClientResponse) -> str:

@@ -7,6 +7,8 @@ a re-serialisation of these models). Types are strict: ``"stream": "yes"`` is an
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -17,6 +19,13 @@ from thrifty.server.errors import InvalidRequest
 Model = TypeVar("Model", bound="WireModel")
 # Far beyond any context length, and small enough that budget + allowance stays a 64-bit integer.
 MAX_TOKENS = 2**31 - 1
+# One nesting limit for what the gateway reads and what it writes back out: orjson writes at most 254
+# levels and vLLM's own parser reads about 200, while OpenAI requests (JSON schemas in tools and
+# response_format included) need a few dozen.
+MAX_JSON_DEPTH = 128
+# Integers the gateway can forward exactly: orjson reads anything wider as a float, which would change it.
+INT_RANGE = (-(2**63), 2**64 - 1)
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 class WireModel(BaseModel):
@@ -54,6 +63,7 @@ def _param(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
+    """The request's JSON object, refused (400) unless the gateway can forward it unchanged."""
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -62,7 +72,60 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON ({exc.msg})", code="invalid_json") from None
     if not isinstance(raw, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_json")
+    # Both checks look at the raw bytes first, so an ordinary request pays two scans in C and nothing more.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(raw, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    if _LONG_DIGITS.search(body):
+        _refuse_wide_integers(body)
     return raw
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+class _WideInteger(ValueError):
+    pass
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise _WideInteger(text)
+    return value
+
+
+def _refuse_wide_integers(body: bytes) -> None:
+    """A 400 naming the field when an integer literal does not fit in 64 bits (rare: re-read exactly)."""
+    try:
+        json.loads(body, parse_int=_exact_int)
+    except _WideInteger:
+        param = _param(_wide_integer_path(json.loads(body)) or ())
+        raise InvalidRequest(
+            f"invalid value for '{param}': integers must fit in 64 bits to be forwarded unchanged",
+            param=param,
+            code="integer_too_large",
+        ) from None
+
+
+def _wide_integer_path(value: Any, loc: tuple[int | str, ...] = ()) -> tuple[int | str, ...] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if INT_RANGE[0] <= value <= INT_RANGE[1] else loc
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found = _wide_integer_path(child, (*loc, key))
+        if found is not None:
+            return found
+    return None
 
 
 def validate(model: type[Model], raw: dict[str, Any]) -> Model:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest
+from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest, ShuttingDown
 from thrifty.server.metrics import NO_BACKEND
-from thrifty.server.pipeline import Endpoint, Pipeline, error_response
+from thrifty.server.pipeline import CLIENT_CLOSED, Endpoint, Pipeline, RequestOutcome, error_response
 from thrifty.server.protocol import CompletionFields, parse_body, validate
 
 logger = logging.getLogger(__name__)
@@ -53,18 +54,33 @@ class CompletionServing:
             validate(self.wire_model, raw)
             response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome, principal)
         except GatewayError as exc:
-            outcome.finish(exc.status_code)
-            headers = outcome.headers
-            if outcome.backend != NO_BACKEND:
-                headers["x-thrifty-backend"] = outcome.backend
-                headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
-            return error_response(exc, headers or None)
+            return self._refuse(exc, outcome)
         except ClientDisconnect:
-            outcome.finish(499)
+            outcome.finish(CLIENT_CLOSED)
             raise
-        except BaseException:
-            outcome.finish(500)
-            raise
+        except asyncio.CancelledError:
+            if not outcome.handle.aborted:
+                outcome.finish(CLIENT_CLOSED)
+                raise
+            # The drain ended this request (graceful shutdown ran out): answer it instead of dying.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return self._refuse(ShuttingDown("the gateway is shutting down; send the request again"), outcome)
+        except Exception:
+            # A bug in the gateway. Answered here rather than by Starlette's last-resort handler, which
+            # re-raises and makes uvicorn drop the client's kept-alive connection.
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            return self._refuse(GatewayError("the gateway failed unexpectedly; see its logs"), outcome)
         if response.media_type != "text/event-stream":
             outcome.finish(response.status_code)
         return response
+
+    @staticmethod
+    def _refuse(error: GatewayError, outcome: RequestOutcome) -> Response:
+        outcome.finish(error.status_code)
+        headers = outcome.headers
+        if outcome.backend != NO_BACKEND:
+            headers["x-thrifty-backend"] = outcome.backend
+            headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
+        return error_response(error, headers or None)

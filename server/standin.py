@@ -6,7 +6,9 @@ never used to claim anything about a real model.
 
 Behaviour is set per instance through :class:`StandinState`, which tests mutate while it runs:
 ``fail_status`` answers every completion with that status, ``die_after_chunks`` closes the
-connection in the middle of a stream, ``delay_s`` sleeps before answering.
+connection in the middle of a stream, ``hang_after_chunks`` stops sending without closing it (a frozen
+backend), ``delay_s`` sleeps before answering, ``line_ending`` frames events with CRLF (or CR) as some
+SSE servers do, ``first_event_padding`` makes the first stream event that many bytes larger.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class StandinState:
     model: str = "standin"
     fail_status: int | None = None
     die_after_chunks: int | None = None
+    hang_after_chunks: int | None = None
+    line_ending: bytes = b"\n"
+    first_event_padding: int = 0
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     stream_chunks: int = 4
@@ -38,6 +43,7 @@ class StandinState:
     disconnects: int = 0
     record: bool = False
     received: list[dict[str, Any]] = field(default_factory=list)
+    received_raw: list[bytes] = field(default_factory=list)
 
 
 class _Disconnect(Exception):
@@ -114,8 +120,17 @@ class Standin:
         request = orjson.loads(body) if body else {}
         if state.record:
             state.received.append(request)
+            state.received_raw.append(body)
         if state.delay_s:
-            await asyncio.sleep(state.delay_s)
+            gone = asyncio.Event()
+            watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+            try:
+                await asyncio.wait_for(gone.wait(), state.delay_s)
+                return  # the client left while we were "thinking", as vLLM aborts such a request
+            except TimeoutError:
+                pass
+            finally:
+                watcher.cancel()
         if state.fail_status is not None:
             error = {"error": {"message": "stand-in failure", "type": "server_error", "code": None}}
             await _respond(send, state.fail_status, orjson.dumps(error), _JSON_HEADERS)
@@ -133,7 +148,7 @@ class Standin:
     async def _stream(self, receive: ASGIReceive, send: ASGISend, chat: bool, request: dict[str, Any]) -> None:
         state = self.state
         # Slow streams watch for the client going away; fast ones (the benchmark's) skip the extra task.
-        gone = asyncio.Event() if state.chunk_delay_s else None
+        gone = asyncio.Event() if state.chunk_delay_s or state.hang_after_chunks is not None else None
         watcher = asyncio.create_task(_watch_disconnect(receive, gone)) if gone is not None else None
         try:
             await self._send_stream(send, chat, request, gone)
@@ -147,17 +162,31 @@ class Standin:
         state = self.state
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         created = int(time.time())
+        end = b"\n\n" if state.line_ending == b"\n" else state.line_ending * 2
+
+        async def event(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": b"data: " + data + end, "more_body": True})
+
         for i in range(state.stream_chunks):
             if state.die_after_chunks is not None and i >= state.die_after_chunks:
                 raise _Disconnect
+            if state.hang_after_chunks is not None and i >= state.hang_after_chunks and gone is not None:
+                await gone.wait()  # frozen: nothing more until the client gives up
+                state.disconnects += 1
+                raise _Disconnect
             last = i == state.stream_chunks - 1
-            chunk = _chat_chunk(state.model, created, i, last) if chat else _text_chunk(state.model, created, i, last)
+            padding = state.first_event_padding if i == 0 else 0
+            chunk = (
+                _chat_chunk(state.model, created, i, last, padding)
+                if chat
+                else _text_chunk(state.model, created, i, last, padding)
+            )
             if state.chunk_delay_s:
                 await asyncio.sleep(state.chunk_delay_s)
             if gone is not None and gone.is_set():
                 state.disconnects += 1
                 raise _Disconnect
-            await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
+            await event(chunk)
         options = request.get("stream_options") or {}
         if options.get("include_usage"):
             usage: dict[str, Any] = {
@@ -168,15 +197,13 @@ class Standin:
                 "choices": [],
                 "usage": _usage(12, state.stream_chunks, 1 if chat else 0),
             }
-            await send(
-                {"type": "http.response.body", "body": b"data: " + orjson.dumps(usage) + b"\n\n", "more_body": True}
-            )
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            await event(orjson.dumps(usage))
+        await send({"type": "http.response.body", "body": b"data: [DONE]" + end, "more_body": False})
 
 
-def _chat_chunk(model: str, created: int, i: int, last: bool) -> bytes:
+def _chat_chunk(model: str, created: int, i: int, last: bool, padding: int = 0) -> bytes:
     # The first chunk carries reasoning, as a reasoning parser's output does.
-    delta: dict[str, Any] = {"reasoning_content": "think"} if i == 0 else {"content": f"tok{i} "}
+    delta: dict[str, Any] = {"reasoning_content": "think" + "." * padding} if i == 0 else {"content": f"tok{i} "}
     if i == 0:
         delta["role"] = "assistant"
     return orjson.dumps(
@@ -190,14 +217,14 @@ def _chat_chunk(model: str, created: int, i: int, last: bool) -> bytes:
     )
 
 
-def _text_chunk(model: str, created: int, i: int, last: bool) -> bytes:
+def _text_chunk(model: str, created: int, i: int, last: bool, padding: int = 0) -> bytes:
     return orjson.dumps(
         {
             "id": "cmpl-standin",
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "text": f"tok{i} ", "finish_reason": "stop" if last else None}],
+            "choices": [{"index": 0, "text": f"tok{i} " + "." * padding, "finish_reason": "stop" if last else None}],
         }
     )
 

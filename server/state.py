@@ -9,6 +9,7 @@ from starlette.requests import Request
 from thrifty.router import Router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends.pool import BackendPool
+from thrifty.server.drain import Drain
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.serving import CompletionServing
 from thrifty.server.sessions.manager import SessionManager
@@ -24,6 +25,7 @@ class GatewayState:
     completions: CompletionServing
     models_body: bytes
     router: Router
+    drain: Drain
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -87,3 +87,43 @@ async def test_body_over_the_limit_is_refused_with_413() -> None:
 
             _assert_error(await http.post("/v1/chat/completions", content=chunks()), 413)
     assert state.received == []
+
+
+async def test_json_nested_past_the_limit_is_a_400_and_up_to_it_is_forwarded() -> None:
+    state = StandinState(model="m1", record=True)
+    with standins(state) as (b,):
+        async with gateway(config_for([{"name": "b", "model": "m1", "url": b.url}])) as (http, app):
+            # The nesting sits in a field the gateway does not act on and forwards as it is.
+            deep = b'{"model": "m1", "messages": [{"role": "user", "content": "hi"}], "x": %s}'
+            too_deep = deep % (b"[" * 300 + b"]" * 300)
+            error = _assert_error(await http.post("/v1/chat/completions", content=too_deep), 400, code="json_too_deep")
+            assert "128 levels" in error["message"]
+            assert state.received == []
+            at_limit = deep % (b"[" * 127 + b"]" * 127)  # with the body object: 128 levels
+            assert (await http.post("/v1/chat/completions", content=at_limit)).status_code == 200
+            assert sample(app, "thrifty_requests_total", model="none", backend="none", status="500") == 0
+
+
+async def test_integers_are_forwarded_exactly_or_refused() -> None:
+    state = StandinState(model="m1", record=True)
+    with standins(state) as (b,):
+        async with gateway(config_for([{"name": "b", "model": "m1", "url": b.url}])) as (http, _):
+            body = b'{"model": "m1", "messages": [{"role": "user", "content": "%s"}], "seed": %s}'
+            widest = b"18446744073709551615"  # 2**64 - 1: still exact
+            response = await http.post("/v1/chat/completions", content=body % (b"12345678901234567890123", widest))
+            assert response.status_code == 200
+            assert b'"seed":' + widest in state.received_raw[-1]
+            for wide in (b"18446744073709551616", b"-9223372036854775809", b"1" * 40):
+                response = await http.post("/v1/chat/completions", content=body % (b"hi", wide))
+                error = _assert_error(response, 400, param="seed", code="integer_too_large")
+                assert "64 bits" in error["message"]
+            assert len(state.received) == 1
+
+
+async def test_an_unknown_model_lists_the_models_there_are() -> None:
+    with standins(StandinState(model="m1")) as (b,):
+        async with gateway(config_for([{"name": "b", "model": "m1", "url": b.url}])) as (http, _):
+            response = await http.post("/v1/chat/completions", json={"model": "gpt-4o", **CHAT})
+            error = _assert_error(response, 404, param="model", code="model_not_found")
+            assert "'gpt-4o' does not exist" in error["message"] and "auto, m1" in error["message"]
+            assert "/v1/models" in error["message"]

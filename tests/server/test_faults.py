@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+import openai
 import orjson
+import pytest
 
 from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
 from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
@@ -151,3 +154,54 @@ def test_breaker_half_open_allows_a_single_probe() -> None:
     breaker.on_attempt()
     breaker.on_success()
     assert breaker.state is BreakerState.CLOSED and breaker.allows()
+
+
+async def test_a_large_first_event_is_relayed_and_one_over_the_limit_is_a_502() -> None:
+    # vLLM sends events this large (a streamed completion with echo on a long prompt, say).
+    state = StandinState(model="m", first_event_padding=1 << 20)
+    with standins(state) as (a,):
+        async with gateway(config_for([{"name": "a", "model": "m", "url": a.url}])) as (http, _):
+            response = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+            assert response.status_code == 200
+            events = [e for e in response.content.split(b"\n\n") if e]
+            first = orjson.loads(events[0].removeprefix(b"data: "))
+            assert len(first["choices"][0]["delta"]["reasoning_content"]) == 5 + (1 << 20)
+            assert events[-1] == b"data: [DONE]"
+        limited = config_for([{"name": "a", "model": "m", "url": a.url}], limits={"max_sse_event_bytes": 65536})
+        async with gateway(limited) as (http, app):
+            response = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+            assert response.status_code == 502 and response.json()["error"]["code"] == "event_too_large"
+            assert "max_sse_event_bytes" in response.json()["error"]["message"]
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="502") == 1
+
+
+async def test_a_backend_that_freezes_mid_stream_is_cut_after_the_idle_timeout() -> None:
+    state = StandinState(model="m", stream_chunks=4, hang_after_chunks=2)
+    with standins(state) as (a,):
+        config = config_for([{"name": "a", "model": "m", "url": a.url}], timeouts={"idle": 0.3, "total": 600})
+        async with gateway(config) as (http, app):
+            response = await asyncio.wait_for(http.post("/v1/chat/completions", json={**BODY, "stream": True}), 60)
+            events = [e for e in response.content.split(b"\n\n") if e]
+            assert len(events) == 3  # two chunks, then the error event
+            error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+            assert error["code"] == "backend_idle" and "timeouts.idle" in error["message"]
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="504") == 1
+            assert state_of(app).pool.backends[0].breaker._failures == 1  # counts against the backend
+
+
+@pytest.mark.parametrize("line_ending", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+async def test_streams_framed_with_crlf_or_cr_reach_the_sdk(line_ending: bytes) -> None:
+    # sse-starlette (behind several OpenAI-compatible servers) ends lines with CRLF.
+    state = StandinState(model="m", stream_chunks=3, line_ending=line_ending)
+    with standins(state) as (a,):
+        async with gateway(config_for([{"name": "a", "model": "m", "url": a.url}])) as (_, app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport) as http:
+                client = openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="unused", http_client=http)
+                stream = await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+            assert text == "tok1 tok2 "
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="200") == 1
+            assert sample(app, "thrifty_tokens_total", model="m", kind="completion") == 3  # its usage was read

@@ -129,7 +129,8 @@ def test_a_backend_that_fails_to_start_is_reported(tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
-    with standins(StandinState(model="m", delay_s=2.0)) as (backend,):
+    state = StandinState(model="m", delay_s=2.0, record=True)
+    with standins(state) as (backend,):
         port = free_port()
         config = tmp_path / "c.yaml"
         config.write_text(f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n")
@@ -146,8 +147,11 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
 
             caller = threading.Thread(target=call)
             caller.start()
-            time.sleep(0.7)  # the request is now waiting on the slow backend
-            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while not state.received and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert state.received, "the request never reached the backend"
+            process.send_signal(signal.SIGTERM)  # while the request waits on the slow backend
             caller.join(timeout=30)
             assert process.wait(timeout=30) == 0
         finally:

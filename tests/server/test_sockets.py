@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 
 import httpx
+import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +33,48 @@ def test_a_client_leaving_mid_stream_releases_the_backend_stream() -> None:
             time.sleep(0.05)
         assert state.disconnects == 1, "the backend kept streaming to a client that had gone"
         assert sample(app, "thrifty_requests_in_flight") == 0
+        # Counted as abandoned (nginx's 499), not as a stream answered in full.
+        assert sample(app, "thrifty_requests_total", model="m", backend="b", status="499") == 1
+        assert sample(app, "thrifty_requests_total", model="m", backend="b", status="200") == 0
+
+
+def test_the_connection_stays_usable_after_a_refused_request_and_after_a_gateway_bug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with (
+        standins(StandinState(model="m")) as (b,),
+        running_gateway(config_for([{"name": "b", "model": "m", "url": b.url}])) as (url, app),
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        headers = {"Content-Type": "application/json"}
+        ok = orjson.dumps({"model": "m", **CHAT})
+
+        def post(body: bytes) -> tuple[int, dict[str, object], str | None]:
+            connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, orjson.loads(response.read()), response.getheader("connection")
+
+        try:
+            assert post(ok)[0] == 200
+            sock = connection.sock
+            deep = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "x": %s}' % (
+                b"[" * 300 + b"]" * 300
+            )
+            status, body, _ = post(deep)
+            assert status == 400 and body["error"]["code"] == "json_too_deep"  # type: ignore[index]
+
+            async def broken(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(app.state.gateway.chat.pipeline, "run", broken)
+            status, body, _ = post(ok)
+            assert status == 500 and body["error"]["code"] == "internal_error"  # type: ignore[index]
+            assert "a bug" not in str(body)
+            monkeypatch.undo()
+            assert post(ok)[0] == 200
+            assert connection.sock is sock, "the gateway closed the kept-alive connection"
+        finally:
+            connection.close()
 
 
 _json = st.recursive(
