@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
-from thrifty.server.artifacts import sha256
+from thrifty.server.artifacts import ArtifactError, Manifest, sha256, verify_files
+from thrifty.server.artifacts import read_manifest as read_checked_manifest
 
 KIND = "thrifty.router"
 VERSION = 1
@@ -37,8 +40,44 @@ Family = Literal["mlp", "kmeans"]
 LAYER_NORM_EPS = 1e-5
 
 
-class ArtifactError(ValueError):
-    """The folder is not a complete, intact router artifact of a version this code reads."""
+class EmbedderIdentity(BaseModel):
+    """Which embedder a router was trained with (its kind, dimension and weights' hash, at least)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
+    dim: int = Field(..., ge=1)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RouterManifest(Manifest):
+    """The schema of a router artifact's ``manifest.json``: the one place it is checked."""
+
+    family: Family
+    models: list[str] = Field(..., min_length=1)
+    embedder: EmbedderIdentity
+    settings: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models) or not all(models):
+            raise ValueError("model names must be distinct and non-empty")
+        return models
+
+    @model_validator(mode="after")
+    def _complete(self) -> RouterManifest:
+        if WEIGHTS not in self.files:
+            raise ValueError(f"files must list {WEIGHTS}")
+        if self.family == "mlp":
+            mean, std = self.settings.get("cost_mean"), self.settings.get("cost_std")
+            if not (_finite(mean) and _finite(std) and std > 0):
+                raise ValueError("an MLP router's settings need a finite cost_mean and a cost_std > 0")
+        return self
 
 
 class Predictor(ABC):
@@ -107,6 +146,21 @@ class RouterArtifact:
             return MlpPredictor(self.arrays, float(self.settings["cost_mean"]), float(self.settings["cost_std"]))
         return KMeansPredictor(self.arrays)
 
+    def checked_predictor(self, dim: int) -> Predictor:
+        """The predictor, once it has shown it maps ``dim``-wide embeddings to one column per model."""
+        try:
+            predictor = self.predictor()
+            accuracy, cost = predictor.predict(np.zeros((1, dim), dtype=np.float32))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:  # arrays of the wrong shapes
+            raise ArtifactError(f"the {self.family} weights do not fit the manifest ({exc})") from None
+        expected = (1, len(self.models))
+        if np.shape(accuracy) != expected or np.shape(cost) != expected:
+            raise ArtifactError(
+                f"the {self.family} weights predict {np.shape(accuracy)[-1]} models; the manifest names "
+                f"{len(self.models)}"
+            )
+        return predictor
+
     def save(self, out: Path, embedder_folder: Path | None = None) -> Path:
         """Write to ``out`` (which must not exist) through a staging folder: never a torn artifact."""
         if out.exists():
@@ -145,43 +199,27 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise ArtifactError(f"{folder} is not a router artifact (no manifest.json; an interrupted job?)")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not JSON ({exc})") from None
-    if manifest.get("kind") != KIND:
-        raise ArtifactError(f"{folder} holds a '{manifest.get('kind')}' artifact, not a router")
-    if manifest.get("version") != VERSION:
-        raise ArtifactError(f"{folder}: router artifact version {manifest.get('version')}; this code reads {VERSION}")
-    return manifest
+def read_manifest(folder: Path) -> RouterManifest:
+    return read_checked_manifest(folder, RouterManifest, kind=KIND, version=VERSION)
 
 
 def load_artifact(folder: Path) -> RouterArtifact:
-    """Read and verify every file against the manifest's hashes."""
+    """Read and verify every file against the manifest's hashes; any flaw is an ArtifactError."""
     manifest = read_manifest(folder)
-    for name, digest in manifest["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise ArtifactError(f"{folder}: {name} is missing")
-        if sha256(path) != digest:
-            raise ArtifactError(f"{folder}: {name} does not match its hash in the manifest")
-    arrays = load_file(str(folder / WEIGHTS))
-    family = manifest["family"]
-    if family not in ("mlp", "kmeans"):
-        raise ArtifactError(f"{folder}: unknown router family '{family}'")
+    verify_files(folder, manifest)
+    try:
+        arrays = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{folder}: {WEIGHTS} is not readable safetensors ({exc})") from None
     return RouterArtifact(
-        family=family,
-        models=tuple(manifest["models"]),
-        embedder=manifest["embedder"],
+        family=manifest.family,
+        models=tuple(manifest.models),
+        embedder=manifest.embedder.model_dump(),
         arrays=arrays,
-        settings=manifest.get("settings", {}),
-        inputs=manifest.get("inputs", {}),
-        training=manifest.get("training", {}),
-        metrics=manifest.get("metrics", {}),
+        settings=manifest.settings,
+        inputs=manifest.inputs,
+        training=manifest.training,
+        metrics=manifest.metrics,
     )
 
 

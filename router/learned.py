@@ -46,7 +46,7 @@ class Loaded:
             folder,
             artifact,
             embedder,
-            artifact.predictor(),
+            artifact.checked_predictor(embedder.dim),
             {m: j for j, m in enumerate(artifact.models)},
             time.time(),
         )

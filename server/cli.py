@@ -215,8 +215,8 @@ def train_router_command(
     from thrifty.router.artifact import read_manifest
 
     manifest = read_manifest(path)
-    typer.echo(f"router artifact: {path} ({manifest['family']}, {len(manifest['models'])} models)")
-    for key, value in manifest["metrics"].items():
+    typer.echo(f"router artifact: {path} ({manifest.family}, {len(manifest.models)} models)")
+    for key, value in manifest.metrics.items():
         if not isinstance(value, (list, dict)):
             typer.echo(f"  {key}: {value}")
 

@@ -4,6 +4,8 @@ reloads (admin endpoint and SIGHUP) that drop no request."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -149,3 +151,52 @@ async def test_a_router_without_an_artifact_has_nothing_to_reload() -> None:
         async with gateway(config_for([{"name": "b", "model": "m", "url": b.url}])) as (http, _):
             response = await http.post("/admin/router/reload")
             assert response.status_code == 409 and "no artifact" in response.json()["error"]["message"]
+
+
+def _malformed(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Manifests that are valid JSON but not a router's: each with the words its refusal should carry."""
+    without = {key: {k: v for k, v in manifest.items() if k != key} for key in ("files", "family", "models")}
+    return [
+        ("files", without["files"]),
+        ("family", without["family"]),
+        ("models", without["models"]),
+        ("a JSON object", [manifest]),
+        ("models", {**manifest, "models": "big"}),
+        ("files", {**manifest, "files": ["weights.safetensors"]}),
+        ("family", {**manifest, "family": 7}),
+        ("embedder", {**manifest, "embedder": None}),
+        ("not a file of the artifact", {**manifest, "files": {**manifest["files"], "../elsewhere": "0" * 64}}),
+        ("weights", {**manifest, "models": ["big", "small", "third"]}),  # more models than the weights have
+    ]
+
+
+async def test_a_malformed_manifest_is_a_422_and_the_old_router_keeps_serving(
+    artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = artifact / "manifest.json"
+    good = path.read_text()
+    with standins(StandinState(model="big"), StandinState(model="small")) as (big, small):
+        async with gateway(_config(artifact, big.url, small.url)) as (http, app):
+            for words, manifest in _malformed(json.loads(good)):
+                path.write_text(json.dumps(manifest))
+                failed = await http.post("/admin/router/reload")
+                assert failed.status_code == 422, (words, failed.text)
+                message = failed.json()["error"]["message"]
+                assert "still serving the previous artifact" in message and words in message, (words, message)
+                poem = await http.post("/v1/chat/completions", json=chat(POEM, "auto:balanced"))
+                assert poem.status_code == 200 and poem.headers["x-thrifty-model"] == "small"
+
+            # SIGHUP with a malformed manifest: one clear log line, no task dying unseen.
+            path.write_text(json.dumps(_malformed(json.loads(good))[0][1]))
+            failures = sample(app, "thrifty_router_reloads_total", outcome="failed")
+            with caplog.at_level(logging.ERROR):
+                os.kill(os.getpid(), signal.SIGHUP)
+                for _ in range(500):
+                    if sample(app, "thrifty_router_reloads_total", outcome="failed") > failures:
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0)
+            lines = [r for r in caplog.records if "SIGHUP" in r.getMessage()]
+            assert len(lines) == 1 and "files" in lines[0].getMessage() and lines[0].exc_info is None
+            path.write_text(good)
+            assert (await http.post("/admin/router/reload")).status_code == 200
