@@ -37,19 +37,22 @@ class Principal:
     name: str
     quota: Quota | None
     admin: bool = False
+    max_sessions: int = 1000  # sessions this caller may hold at once
 
 
 class AccessControl:
-    def __init__(self, auth: AuthConfig, limiter: RateLimiter, metrics: GatewayMetrics) -> None:
+    def __init__(self, auth: AuthConfig, limiter: RateLimiter, metrics: GatewayMetrics, max_sessions: int) -> None:
         self.enabled = bool(auth.keys)
         self._limiter = limiter
         self._metrics = metrics
         self._by_hash: dict[str, Principal] = {}
         for key in auth.keys:
             quota = Quota(key.name, key.rpm or auth.rpm, key.tpm or auth.tpm)
-            self._by_hash[key.sha256] = Principal(key.name, None if quota.unlimited else quota, key.admin)
+            self._by_hash[key.sha256] = Principal(
+                key.name, None if quota.unlimited else quota, key.admin, key.max_sessions or max_sessions
+            )
         # Without keys the gateway listens on loopback only (``thrifty serve`` insists): local callers are trusted.
-        self._anonymous = Principal(ANONYMOUS, None, admin=True)
+        self._anonymous = Principal(ANONYMOUS, None, admin=True, max_sessions=max_sessions)
 
     def identify(self, headers: Mapping[str, str]) -> Principal:
         if not self.enabled:

@@ -45,6 +45,7 @@ from thrifty.server.ops import api_router as ops_routes
 from thrifty.server.ops.api_router import reload_router
 from thrifty.server.pipeline import Pipeline, error_response
 from thrifty.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from thrifty.server.redis_link import RedisLink
 from thrifty.server.sessions import api_router as session_routes
 from thrifty.server.sessions.manager import SessionManager
 from thrifty.server.sessions.memory import MemorySessionStore
@@ -94,13 +95,14 @@ def _reload_on_sighup(router: Router, metrics: GatewayMetrics) -> Callable[[], N
     return undo
 
 
-def _stores(config: GatewayConfig) -> tuple[SessionStore, RateLimiter]:
-    """Session store and rate limiter: in memory, or both in Redis when a URL is configured."""
+def _stores(config: GatewayConfig, metrics: GatewayMetrics) -> tuple[SessionStore, RateLimiter, RedisLink | None]:
+    """Session store and rate limiter: in memory, or both in Redis (one link) when a URL is configured."""
     s = config.sessions
+    metrics.session_store_up.set(1)
     if config.redis_url is None:
-        return MemorySessionStore(s.ttl_s, s.history, s.max_turns, s.max_sessions), MemoryRateLimiter()
-    store = RedisSessionStore(config.redis_url, s.ttl_s, s.history, s.max_turns)
-    return store, RedisRateLimiter(store.redis)
+        return MemorySessionStore(s.ttl_s, s.history, s.max_turns), MemoryRateLimiter(), None
+    link = RedisLink(config.redis_url, config.redis_timeout_s, on_change=metrics.session_store_up.set)
+    return RedisSessionStore(link, s.ttl_s, s.history, s.max_turns), RedisRateLimiter(link), link
 
 
 def build_app(config: GatewayConfig) -> FastAPI:
@@ -120,9 +122,9 @@ def build_app(config: GatewayConfig) -> FastAPI:
         metrics = GatewayMetrics()
         pool = BackendPool(config, metrics)
         session = client.open_session(config)
-        store, limiter = _stores(config)
+        store, limiter, link = _stores(config, metrics)
         sessions = SessionManager(store, config.sessions, metrics)
-        access = AccessControl(config.auth, limiter, metrics)
+        access = AccessControl(config.auth, limiter, metrics, config.sessions.max_per_key)
         drain = Drain(config.server.graceful_shutdown_s)
         pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access, drain)
         limit = config.limits.max_body_bytes
@@ -153,6 +155,8 @@ def build_app(config: GatewayConfig) -> FastAPI:
             await session.close()
             await store.close()
             await limiter.close()
+            if link is not None:
+                await link.close()
 
     options: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI).parameters:

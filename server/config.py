@@ -141,13 +141,28 @@ class BreakerConfig(_Strict):
 
 
 class SessionsConfig(_Strict):
-    """Multi-turn sessions. Stored in memory, or in Redis when ``redis_url`` is set."""
+    """Multi-turn sessions. Stored in memory, or in Redis when ``redis_url`` is set.
+
+    Only requests that name a session are stored. Each API key holds at most ``max_per_key`` sessions (its
+    least recently used go first), so the store is bounded by keys × max_per_key × max_turns turns — about
+    15 MB per worker for one key at the defaults (in memory; measured in loadtests/RESULTS.md).
+    """
 
     ttl_s: float = Field(24 * 3600.0, gt=0, description="a session expires this long after its last turn")
     default_budget: int | None = Field(None, ge=0, description="a problem's total token budget B; None = no limit")
     history: int = Field(16, ge=0, description="recent turns handed to the budgeter")
-    max_turns: int = Field(256, ge=1, description="turns kept per session (older ones are dropped)")
-    max_sessions: int = Field(10_000, ge=1, description="in-memory store only: least recently used go first")
+    max_turns: int = Field(64, ge=1, description="turns kept per session (older ones are dropped; totals stay)")
+    max_per_key: int = Field(1000, ge=1, description="sessions per API key; a key's own oldest go first")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_sessions" in data:
+            raise ValueError(
+                "'max_sessions' is gone: sessions are bounded per API key now (sessions.max_per_key, "
+                "or max_sessions on a key under auth.keys)"
+            )
+        return data
 
 
 class ApiKey(_Strict):
@@ -158,6 +173,7 @@ class ApiKey(_Strict):
     rpm: int | None = Field(None, ge=1, description="requests per minute; default: auth.rpm")
     tpm: int | None = Field(None, ge=1, description="tokens per minute; default: auth.tpm")
     admin: bool = Field(False, description="may call the /admin endpoints (e.g. reload the router)")
+    max_sessions: int | None = Field(None, ge=1, description="sessions it may hold; default: sessions.max_per_key")
 
 
 class AuthConfig(_Strict):
@@ -212,6 +228,9 @@ class GatewayConfig(_Strict):
     sessions: SessionsConfig = SessionsConfig()
     auth: AuthConfig = AuthConfig()
     redis_url: str | None = Field(None, description="sessions and rate limits in Redis; $THRIFTY_REDIS_URL")
+    redis_timeout_s: float = Field(
+        1.0, gt=0, description="the longest a request waits on Redis; then it is served without session state"
+    )
     data_dir: str = "data"
 
     @field_validator("redis_url")

@@ -148,6 +148,11 @@ class GatewayMetrics:
             "Requests served without session state because the session store was unreachable.",
             registry=r,
         )
+        self.session_turns_lost = Counter(
+            "thrifty_session_turns_lost_total",
+            "Turns answered but missing from their session: the store failed while recording them.",
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text; with several workers, aggregated over all of them."""

@@ -41,8 +41,8 @@ from thrifty.server.errors import (
     sse_error_event,
 )
 from thrifty.server.metrics import NO_BACKEND, NO_MODEL, GatewayMetrics
-from thrifty.server.sessions.manager import SessionContext, SessionManager
-from thrifty.server.sessions.model import Turn
+from thrifty.server.sessions.manager import UNAVAILABLE, UNRECORDED, SessionContext, SessionManager
+from thrifty.server.sessions.model import Session, Turn
 from thrifty.server.sse import SEPARATOR, EventSplitter, EventTooLarge
 
 logger = logging.getLogger(__name__)
@@ -175,12 +175,25 @@ class Pipeline:
         body = dict(body)
         extension = body.pop("thrifty", None) or {}  # the gateway's own field never reaches backends
         decision = await self._route(endpoint, body, headers)
-        # After routing, so that a request for an unknown model leaves no session behind.
-        context = await self.sessions.begin(principal.name, headers, body, extension.get("budget"))
+        # After routing, so that a request for an unknown model touches no session.
+        context = await self.sessions.begin(
+            principal.name,
+            principal.max_sessions,
+            headers,
+            body,
+            extension.get("budget"),
+            new=bool(extension.get("new_session")),
+        )
         outcome.session = context
-        outcome.headers["x-thrifty-session"] = context.id
-        if context.degraded:
-            outcome.headers["x-thrifty-session-state"] = "unavailable"
+        if context is not None:
+            view = context.session
+            outcome.headers["x-thrifty-session"] = context.id
+            if context.degraded:
+                outcome.headers["x-thrifty-session-state"] = UNAVAILABLE
+        else:
+            # No session: the turn is a problem of its own, its budget B capping what it may think.
+            budget = self.sessions.budget_for(extension.get("budget"))
+            view = None if budget is None else Session("", outcome.started, budget)
         outcome.model = decision.model
         outcome.headers["x-thrifty-model"] = decision.model
         if decision.policy:
@@ -191,7 +204,7 @@ class Pipeline:
                 outcome.headers[f"x-thrifty-routing-{key}"] = f"{value:.6g}"
         body["model"] = decision.model
         if endpoint == "chat":
-            await self._apply_budget(decision.model, body, outcome)
+            await self._apply_budget(decision.model, body, outcome, view)
         stream = bool(body.get("stream"))
         strip_usage = False
         if stream:
@@ -232,7 +245,9 @@ class Pipeline:
             m.predicted_cost.labels(decision.model).observe(decision.details["cost"])
         return decision
 
-    async def _apply_budget(self, model: str, body: dict[str, Any], outcome: RequestOutcome) -> None:
+    async def _apply_budget(
+        self, model: str, body: dict[str, Any], outcome: RequestOutcome, session: Session | None
+    ) -> None:
         backend = self.pool.by_model[model][0].config
         if not backend.reasoning:
             return  # the budget stage is a no-op for models that do not think
@@ -240,7 +255,6 @@ class Pipeline:
             budget: int | None = body["thinking_token_budget"]  # the client's own choice wins
             policy = "client"
         else:
-            session = outcome.session.session if outcome.session is not None else None
             budget = await self.budgeter.assign(BudgetRequest(model, body, session))
             policy = self.budgeter.name
         if budget is None:
@@ -477,8 +491,9 @@ class Pipeline:
 
     async def _conclude(self, outcome: RequestOutcome) -> None:
         """A request answered in full: record its turn and charge its tokens to the caller's key."""
-        if outcome.session is not None:
-            await self.sessions.record(outcome.session, outcome.turn())
+        context = outcome.session
+        if context is not None and not await self.sessions.record(context, outcome.turn()) and not context.degraded:
+            outcome.headers["x-thrifty-session-state"] = UNRECORDED  # seen where the response has not begun
         if outcome.principal is not None:
             await self.access.spend(outcome.principal, outcome.prompt_tokens + outcome.completion_tokens)
 

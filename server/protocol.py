@@ -42,6 +42,7 @@ class ThriftyExtension(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     budget: int | None = Field(None, ge=0, le=MAX_TOKENS, description="the problem's total token budget B")
+    new_session: bool = Field(False, description="start a session with an id the gateway chooses")
 
 
 class CompletionFields(WireModel):

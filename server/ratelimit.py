@@ -3,21 +3,20 @@
 A request is admitted if the key's window has room for one more request and its tokens so far are
 under the limit; the tokens a request used are added when it finishes (nobody knows them before).
 With Redis the counters are shared by every gateway process (one Lua script admits atomically); if
-Redis is away, each process falls back to counting on its own until it is back.
+Redis is away (``redis_link`` decides, and bounds the wait), each process counts on its own until it is
+back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from thrifty.server.errors import RateLimited
+from thrifty.server.redis_link import RedisLink
+from thrifty.server.sessions.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -107,32 +106,24 @@ return 0
 class RedisRateLimiter(RateLimiter):
     """Counts in Redis, shared by every gateway process; falls back to local counts while Redis is away."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._admit = redis.register_script(_ADMIT)
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._admit = link.redis.register_script(_ADMIT)
         self._fallback = MemoryRateLimiter()
-        self._retry_at = 0.0
 
     @staticmethod
     def _keys(key: str, index: int) -> list[str]:
         base = f"thrifty:rl:{{{key}}}:{index}"
         return [base + ":r", base + ":t"]
 
-    def _away(self, exc: Exception) -> None:
-        if time.monotonic() >= self._retry_at:
-            logger.warning("redis rate limiter unreachable (%s): counting per process", type(exc).__name__)
-        self._retry_at = time.monotonic() + 1.0
-
     async def admit(self, quota: Quota, now: float) -> None:
-        if time.monotonic() < self._retry_at:
-            return await self._fallback.admit(quota, now)
         index, retry_after = _window(now)
         try:
-            verdict = await self._admit(
-                keys=self._keys(quota.key, index), args=[quota.rpm or 0, quota.tpm or 0, WINDOW_S * 2]
-            )
-        except (RedisError, OSError) as exc:
-            self._away(exc)
+            async with self._link.call("rate limit"):
+                verdict = await self._admit(
+                    keys=self._keys(quota.key, index), args=[quota.rpm or 0, quota.tpm or 0, WINDOW_S * 2]
+                )
+        except StoreUnavailable:
             return await self._fallback.admit(quota, now)
         if verdict == 1:
             raise _refusal(quota, "requests", retry_after)
@@ -141,15 +132,11 @@ class RedisRateLimiter(RateLimiter):
         return None
 
     async def spend(self, quota: Quota, tokens: int, now: float) -> None:
-        if time.monotonic() < self._retry_at:
-            return await self._fallback.spend(quota, tokens, now)
         key = self._keys(quota.key, _window(now)[0])[1]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._link.call("token charge") as redis, redis.pipeline(transaction=True) as pipe:
                 pipe.incrby(key, tokens)
                 pipe.expire(key, WINDOW_S * 2)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._away(exc)
+        except StoreUnavailable:
             await self._fallback.spend(quota, tokens, now)
-        return None

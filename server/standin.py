@@ -14,6 +14,7 @@ SSE servers do, ``first_event_padding`` makes the first stream event that many b
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class StandinState:
     line_ending: bytes = b"\n"
     first_event_padding: int = 0
     delay_s: float = 0.0
+    gate: threading.Event | None = None  # when set, each completion waits for it before answering
     chunk_delay_s: float = 0.0
     stream_chunks: int = 4
     # Streams that ended because the client went away (the gateway must pass disconnects on).
@@ -121,6 +123,8 @@ class Standin:
         if state.record:
             state.received.append(request)
             state.received_raw.append(body)
+        while state.gate is not None and not state.gate.is_set():
+            await asyncio.sleep(0.005)
         if state.delay_s:
             gone = asyncio.Event()
             watcher = asyncio.create_task(_watch_disconnect(receive, gone))

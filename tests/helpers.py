@@ -205,5 +205,15 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.thaw()
             self.process.terminate()
             self.process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """Hang: connections are still accepted (by the kernel) but nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)

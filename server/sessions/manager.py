@@ -1,10 +1,15 @@
 """Sessions on the request path: which session a request belongs to, and recording its turn.
 
-A request names its session with the ``X-Session-ID`` header or ``metadata.session_id`` in the body;
-without one it starts a new session whose id is generated and returned in ``x-thrifty-session`` (so a
-client may continue it). Sessions are private to the API key that made them: the store key is
-``<key name>/<session id>``. If the store is unreachable the request is still served, without
-session state, flagged by ``x-thrifty-session-state: unavailable`` and a metric.
+A request joins a session by naming it: the ``X-Session-ID`` header or ``metadata.session_id`` in the
+body (any id the client chooses), or ``"thrifty": {"new_session": true}``, which makes the gateway
+choose one. The id comes back in ``x-thrifty-session``. A request that names no session is served on its
+own, as at OpenAI: nothing is stored for it (its thinking budget is still capped by the problem budget
+B). Sessions are private to the API key that made them, and each key holds at most its quota of them
+(its least recently used go first).
+
+If the store cannot be reached the request is still served, without session state, flagged by
+``x-thrifty-session-state: unavailable``; a turn answered but not recorded is flagged ``unrecorded``
+where the response has not begun yet, and always counted in ``thrifty_session_turns_lost_total``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 SESSION_HEADER = "x-session-id"
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+UNAVAILABLE = "unavailable"  # x-thrifty-session-state: the store was away; nothing of the session was used
+UNRECORDED = "unrecorded"  # x-thrifty-session-state: answered, but the turn is not in the session
 
 
 @dataclass(slots=True)
@@ -33,7 +40,8 @@ class SessionContext:
     """The session of one request, as the pipeline carries it."""
 
     id: str
-    store_key: str
+    owner: str
+    quota: int
     budget: int | None  # the problem's total budget B, for a session this request creates
     session: Session | None  # None when the store was unreachable
 
@@ -64,44 +72,59 @@ class SessionManager:
         self.store = store
         self.config = config
         self._metrics = metrics
-        metrics.session_store_up.set(1)
+
+    def budget_for(self, requested: int | None) -> int | None:
+        """The problem budget B of a request: its own, else the configured default."""
+        return self.config.default_budget if requested is None else requested
 
     def _failed(self, operation: str, exc: StoreUnavailable) -> None:
         self._metrics.session_store_errors.labels(operation).inc()
-        self._metrics.session_store_up.set(0)
         logger.debug("session store %s failed: %s", operation, exc)
 
     async def begin(
-        self, owner: str, headers: Mapping[str, str], body: Mapping[str, Any], budget: int | None
-    ) -> SessionContext:
-        """Open (or create) the request's session. ``budget``: the request's own B, if it gave one."""
-        session_id = session_id_from(headers, body) or uuid.uuid4().hex
-        if budget is None:
-            budget = self.config.default_budget
-        context = SessionContext(session_id, f"{owner}/{session_id}", budget, None)
+        self,
+        owner: str,
+        quota: int,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        budget: int | None,
+        new: bool = False,
+    ) -> SessionContext | None:
+        """The request's session (opened, or to be created by its first turn); None if it names none.
+
+        ``budget``: the request's own B, if it gave one; ``new``: the client asked for a fresh session.
+        """
+        session_id = session_id_from(headers, body)
+        if session_id is None:
+            if not new:
+                return None
+            session_id = uuid.uuid4().hex
+        budget = self.budget_for(budget)
+        context = SessionContext(session_id, owner, quota, budget, None)
         try:
-            context.session = await self.store.open(context.store_key, budget)
+            found = await self.store.open(owner, session_id)
         except StoreUnavailable as exc:
             self._failed("open", exc)
             self._metrics.requests_without_session.inc()
             return context
-        self._metrics.session_store_up.set(1)
+        context.session = found or Session(session_id, self.store.clock(), budget)
         return context
 
-    async def record(self, context: SessionContext, turn: Turn) -> None:
+    async def record(self, context: SessionContext, turn: Turn) -> bool:
+        """Record the request's turn; False (and counted) when it could not be."""
         if context.degraded:
-            return
+            return False
         try:
-            await self.store.record(context.store_key, turn, context.budget)
+            await self.store.record(context.owner, context.id, turn, context.budget, context.quota)
         except StoreUnavailable as exc:
-            # The answer is already on its way to the client; the ledger misses this turn.
             self._failed("record", exc)
+            self._metrics.session_turns_lost.inc()
+            logger.warning("a turn of a session could not be recorded: %s", exc)
+            return False
+        return True
 
     async def get(self, owner: str, session_id: str) -> Session | None:
-        session = await self.store.get(f"{owner}/{session_id}")
-        if session is not None:
-            session.id = session_id
-        return session
+        return await self.store.get(owner, session_id)
 
     async def delete(self, owner: str, session_id: str) -> bool:
-        return await self.store.delete(f"{owner}/{session_id}")
+        return await self.store.delete(owner, session_id)

@@ -1,7 +1,11 @@
-"""Sessions in the gateway's own memory: bounded (least recently used goes first) and expiring.
+"""Sessions in the gateway's own memory: bounded per owner (least recently used goes first) and expiring.
 
-One event loop owns the dictionary and no method awaits between reading and writing it, so every
+One event loop owns the dictionaries and no method awaits between reading and writing them, so every
 operation is atomic without a lock. Sessions are per process: use Redis to share them.
+
+Memory: a turn is kept as its JSON bytes (about 230 bytes), which the garbage collector never has to
+walk; only the last ``history`` turns, which every request of the session hands to the budgeter, are
+kept as objects too. The worst case is owners × quota × max_turns turns (benchmarks: loadtests/).
 """
 
 from __future__ import annotations
@@ -11,68 +15,89 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from thrifty.server.sessions.model import Session, Turn
 from thrifty.server.sessions.store import SessionStore
 
 
 @dataclass(slots=True)
 class _Entry:
-    session: Session
-    recent: deque[Turn] = field(default_factory=deque)
-    expires_at: float = 0.0
+    created_at: float
+    budget: int | None
+    expires_at: float
+    spent: int = 0
+    turn_count: int = 0
+    recent: deque[Turn] = field(default_factory=deque)  # the last `history` turns, as objects
+    kept: deque[bytes] = field(default_factory=deque)  # the last `max_turns` turns, as JSON
 
 
 class MemorySessionStore(SessionStore):
     name = "memory"
 
-    def __init__(
-        self, ttl_s: float, history: int, max_turns: int, max_sessions: int, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(ttl_s, history, clock)
-        self.max_turns = max_turns
-        self.max_sessions = max_sessions
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+    def __init__(self, ttl_s: float, history: int, max_turns: int, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(ttl_s, history, max_turns, clock)
+        self._owners: dict[str, OrderedDict[str, _Entry]] = {}
 
-    def _live(self, session_id: str, now: float) -> _Entry | None:
-        entry = self._entries.get(session_id)
+    def _live(self, owner: str, session_id: str, now: float) -> _Entry | None:
+        sessions = self._owners.get(owner)
+        entry = sessions.get(session_id) if sessions is not None else None
         if entry is None:
             return None
         if entry.expires_at <= now:
-            del self._entries[session_id]
+            self._drop(owner, session_id)
             return None
         return entry
 
-    def _touch(self, session_id: str, budget: int | None) -> _Entry:
+    def _drop(self, owner: str, session_id: str) -> bool:
+        sessions = self._owners.get(owner)
+        if sessions is None or sessions.pop(session_id, None) is None:
+            return False
+        if not sessions:
+            del self._owners[owner]
+        return True
+
+    def _view(self, session_id: str, entry: _Entry, turns: list[Turn]) -> Session:
+        return Session(session_id, entry.created_at, entry.budget, entry.spent, entry.turn_count, turns)
+
+    async def open(self, owner: str, session_id: str) -> Session | None:
         now = self.clock()
-        entry = self._live(session_id, now)
+        entry = self._live(owner, session_id, now)
         if entry is None:
-            entry = _Entry(Session(session_id, now, budget), deque(maxlen=self.max_turns))
-            self._entries[session_id] = entry
-            while len(self._entries) > self.max_sessions:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(session_id)
+            return None
         entry.expires_at = now + self.ttl_s
-        return entry
+        self._owners[owner].move_to_end(session_id)
+        return self._view(session_id, entry, list(entry.recent))
 
-    @staticmethod
-    def _view(entry: _Entry, last: int) -> Session:
-        s = entry.session
-        turns = list(entry.recent)[-last:] if last > 0 else []
-        return Session(s.id, s.created_at, s.budget, s.spent, s.turn_count, turns)
+    async def get(self, owner: str, session_id: str) -> Session | None:
+        entry = self._live(owner, session_id, self.clock())
+        if entry is None:
+            return None
+        return self._view(session_id, entry, [Turn.from_json(orjson.loads(t)) for t in entry.kept])
 
-    async def open(self, session_id: str, budget: int | None) -> Session:
-        return self._view(self._touch(session_id, budget), self.history)
-
-    async def get(self, session_id: str) -> Session | None:
-        entry = self._live(session_id, self.clock())
-        return None if entry is None else self._view(entry, self.max_turns)
-
-    async def record(self, session_id: str, turn: Turn, budget: int | None) -> None:
-        entry = self._touch(session_id, budget)
-        entry.session.spent += turn.spent
-        entry.session.turn_count += 1
+    async def record(self, owner: str, session_id: str, turn: Turn, budget: int | None, quota: int) -> None:
+        now = self.clock()
+        entry = self._live(owner, session_id, now)
+        sessions = self._owners.setdefault(owner, OrderedDict())
+        if entry is None:
+            entry = _Entry(now, budget, now, recent=deque(maxlen=self.history), kept=deque(maxlen=self.max_turns))
+            sessions[session_id] = entry
+            # The owner's own least recently used (expired ones are at the front) make room.
+            while len(sessions) > quota:
+                sessions.popitem(last=False)
+        else:
+            sessions.move_to_end(session_id)
+        entry.expires_at = now + self.ttl_s
+        entry.spent += turn.spent
+        entry.turn_count += 1
         entry.recent.append(turn)
+        entry.kept.append(orjson.dumps(turn))
 
-    async def delete(self, session_id: str) -> bool:
-        return self._entries.pop(session_id, None) is not None
+    async def delete(self, owner: str, session_id: str) -> bool:
+        return self._drop(owner, session_id)
+
+    def count(self, owner: str | None = None) -> int:
+        """Sessions held (for one owner, or all), expired ones not yet dropped included."""
+        if owner is not None:
+            return len(self._owners.get(owner, ()))
+        return sum(len(s) for s in self._owners.values())

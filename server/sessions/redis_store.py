@@ -1,52 +1,59 @@
 """Sessions in Redis: shared by every gateway process, kept across restarts, expiring after a TTL.
 
-Layout per session (the braces are a Redis Cluster hash tag, keeping both keys on one shard):
-``thrifty:s:{<id>}`` a hash (created_at, budget, spent, turns) and ``thrifty:s:{<id>}:turns`` a list of
-turn JSON, trimmed to the most recent ``max_turns``. Opening and recording are Lua scripts, so each is
-one atomic step on the server: concurrent turns never lose an update.
+Layout per owner ``o`` (the braces are a Redis Cluster hash tag: an owner's keys share one shard):
 
-When Redis cannot be reached the store raises :class:`StoreUnavailable` at once and, for a second
-after a failure, does not even try (so a dead Redis costs requests nothing); then it tries again and
-redis-py reconnects by itself.
+    thrifty:s:{o}:<id>      hash: created_at, budget, spent, turns
+    thrifty:s:{o}:<id>:t    list of turn JSON, trimmed to the most recent ``max_turns``
+    thrifty:si:{o}          sorted set: the owner's session ids by last use (its quota's index)
+
+Opening, recording and deleting are Lua scripts, so each is one atomic step on the server: concurrent
+turns never lose an update, and the quota never lets an owner hold more than its share. A session is
+written when its first turn is recorded. Requests that name no session never touch Redis for it, so
+any number of them costs Redis nothing. Reaching Redis (timeouts, outages) is :mod:`redis_link`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
+from thrifty.server.redis_link import RedisLink
 from thrifty.server.sessions.model import Session, Turn
-from thrifty.server.sessions.store import SessionStore, StoreUnavailable
+from thrifty.server.sessions.store import SessionStore
 
-logger = logging.getLogger(__name__)
-
+# KEYS: head, turns, index. ARGV: now, ttl (ms), history, session id.
 _OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'budget', ARGV[2], 'spent', 0, 'turns', 0)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local head = redis.call('HMGET', KEYS[1], 'created_at', 'budget', 'spent', 'turns')
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[3])
 local turns = {}
 if n > 0 then turns = redis.call('LRANGE', KEYS[2], -n, -1) end
 return {head, turns}
 """
 
+# KEYS: head, turns, index. ARGV: now, budget, ttl (ms), tokens spent, turn JSON, max turns, session id,
+# quota, the owner's key prefix. The owner's other sessions are named from the prefix: they share the
+# owner's hash tag, so they live on the same shard as the declared keys.
 _RECORD = """
+local now = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'budget', ARGV[2], 'spent', 0, 'turns', 0)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]) / 1000)
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
+  local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[8])
+  if over > 0 then
+    for _, old in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do
+      redis.call('DEL', ARGV[9] .. old, ARGV[9] .. old .. ':t')
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1)
+  end
+else
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
 end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'turns', 1)
@@ -54,19 +61,24 @@ redis.call('RPUSH', KEYS[2], ARGV[5])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 1
 """
 
-_FAIL_FAST_S = 1.0
+# KEYS: head, turns, index. ARGV: session id.
+_DELETE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
 
 
-def _keys(session_id: str) -> list[str]:
-    head = f"thrifty:s:{{{session_id}}}"
-    return [head, head + ":turns"]
+def _prefix(owner: str) -> str:
+    return f"thrifty:s:{{{owner}}}:"
 
 
-def _budget_arg(budget: int | None) -> str:
-    return "" if budget is None else str(budget)
+def _keys(owner: str, session_id: str) -> list[str]:
+    head = _prefix(owner) + session_id
+    return [head, head + ":t", f"thrifty:si:{{{owner}}}"]
 
 
 def _text(value: Any) -> str:
@@ -88,75 +100,49 @@ def _session(session_id: str, head: list[Any], turns: list[Any]) -> Session:
 class RedisSessionStore(SessionStore):
     name = "redis"
 
-    def __init__(self, url: str, ttl_s: float, history: int, max_turns: int) -> None:
-        super().__init__(ttl_s, history)
-        self.max_turns = max_turns
-        # One quick retry covers a connection that went stale (e.g. Redis restarted); no backoff, so a
-        # Redis that is really gone is noticed at once (a refused connection fails immediately). The
-        # timeouts leave room for a busy event loop: a reply that waits behind 50 other requests on a
-        # loaded machine is late, not lost, and must not take sessions offline.
-        self.redis: Redis = Redis.from_url(
-            url,
-            socket_connect_timeout=1.0,
-            socket_timeout=2.0,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_timeout=False,
-        )
-        self._open_script = self.redis.register_script(_OPEN)
-        self._record_script = self.redis.register_script(_RECORD)
-        self._retry_at = 0.0
+    def __init__(self, link: RedisLink, ttl_s: float, history: int, max_turns: int) -> None:
+        super().__init__(ttl_s, history, max_turns)
+        self.link = link
+        self._open_script = link.redis.register_script(_OPEN)
+        self._record_script = link.redis.register_script(_RECORD)
+        self._delete_script = link.redis.register_script(_DELETE)
 
     @property
-    def healthy(self) -> bool:
-        return time.monotonic() >= self._retry_at
+    def _ttl_ms(self) -> int:
+        return int(self.ttl_s * 1000)
 
-    @contextlib.asynccontextmanager
-    async def _reachable(self) -> AsyncIterator[None]:
-        """Fail fast while Redis is known to be away; turn its errors into StoreUnavailable."""
-        if time.monotonic() < self._retry_at:
-            raise StoreUnavailable("redis is unreachable (retrying shortly)")
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if self.healthy:
-                logger.warning("redis session store unreachable: %s", type(exc).__name__)
-            self._retry_at = time.monotonic() + _FAIL_FAST_S
-            raise StoreUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis refused the operation: {type(exc).__name__}") from exc
-        if self._retry_at:
-            logger.warning("redis session store reachable again")
-            self._retry_at = 0.0
-
-    async def open(self, session_id: str, budget: int | None) -> Session:
-        args: list[str | int | bytes] = [repr(self.clock()), _budget_arg(budget), int(self.ttl_s * 1000), self.history]
-        async with self._reachable():
-            head, turns = await self._open_script(keys=_keys(session_id), args=args)
+    async def open(self, owner: str, session_id: str) -> Session | None:
+        args: list[str | int | bytes] = [repr(self.clock()), self._ttl_ms, self.history, session_id]
+        async with self.link.call("session open"):
+            found = await self._open_script(keys=_keys(owner, session_id), args=args)
+        if not found:
+            return None
+        head, turns = found
         return _session(session_id, head, turns)
 
-    async def get(self, session_id: str) -> Session | None:
-        keys = _keys(session_id)
-        async with self._reachable(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys[0], "created_at", "budget", "spent", "turns")
-            pipe.lrange(keys[1], 0, -1)
+    async def get(self, owner: str, session_id: str) -> Session | None:
+        head_key, turns_key, _ = _keys(owner, session_id)
+        async with self.link.call("session read") as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(head_key, "created_at", "budget", "spent", "turns")
+            pipe.lrange(turns_key, 0, -1)
             head, turns = await pipe.execute()
         return None if head[0] is None else _session(session_id, head, turns)
 
-    async def record(self, session_id: str, turn: Turn, budget: int | None) -> None:
+    async def record(self, owner: str, session_id: str, turn: Turn, budget: int | None, quota: int) -> None:
         args: list[str | int | bytes] = [
             repr(self.clock()),
-            _budget_arg(budget),
-            int(self.ttl_s * 1000),
+            "" if budget is None else str(budget),
+            self._ttl_ms,
             turn.spent,
-            orjson.dumps(turn.to_json()),
+            orjson.dumps(turn),
             self.max_turns,
+            session_id,
+            quota,
+            _prefix(owner),
         ]
-        async with self._reachable():
-            await self._record_script(keys=_keys(session_id), args=args)
+        async with self.link.call("turn record"):
+            await self._record_script(keys=_keys(owner, session_id), args=args)
 
-    async def delete(self, session_id: str) -> bool:
-        async with self._reachable():
-            return bool(await self.redis.delete(*_keys(session_id)))
-
-    async def close(self) -> None:
-        await self.redis.aclose()
+    async def delete(self, owner: str, session_id: str) -> bool:
+        async with self.link.call("session delete"):
+            return bool(await self._delete_script(keys=_keys(owner, session_id), args=[session_id]))

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.helpers import CHAT, config_for, gateway, standins
+from tests.helpers import CHAT, config_for, gateway, standins, state_of
+from thrifty.server.access import hash_key
 from thrifty.server.sessions.memory import MemorySessionStore
 from thrifty.server.sessions.model import Turn
 from thrifty.server.standin import StandinState
@@ -46,10 +47,20 @@ async def test_turns_are_recorded_and_returned() -> None:
             assert (await http.delete("/v1/sessions/conv-1")).status_code == 404
 
 
-async def test_a_request_without_a_session_starts_one() -> None:
-    with standins(StandinState(model="m")) as (b,):
-        async with gateway(_config(b.url)) as (http, _):
-            response = await http.post("/v1/chat/completions", json={"model": "m", **CHAT})
+async def test_a_request_that_names_no_session_is_served_on_its_own() -> None:
+    state = StandinState(model="m", record=True)
+    with standins(state) as (b,):
+        config = _config(b.url, budgeter={"static": {"budget": 8}}, sessions={"default_budget": 5})
+        async with gateway(config) as (http, app):
+            for _ in range(3):
+                response = await http.post("/v1/chat/completions", json={"model": "m", **CHAT})
+                assert response.status_code == 200 and "x-thrifty-session" not in response.headers
+                # Still one problem with its budget B: the turn's thinking is capped by it.
+                assert response.headers["x-thrifty-thinking-budget"] == "5"
+            assert state_of(app).sessions.store.count() == 0  # type: ignore[attr-defined]
+            # Asking for a session: the gateway picks the id, and the client continues with it.
+            body = {"model": "m", **CHAT, "thrifty": {"new_session": True}}
+            response = await http.post("/v1/chat/completions", json=body)
             session_id = response.headers["x-thrifty-session"]
             assert len(session_id) == 32
             again = await http.post(
@@ -57,6 +68,28 @@ async def test_a_request_without_a_session_starts_one() -> None:
             )
             assert again.headers["x-thrifty-session"] == session_id
             assert (await http.get(f"/v1/sessions/{session_id}")).json()["turn_count"] == 2
+
+
+async def test_one_key_cannot_push_out_another_keys_sessions() -> None:
+    keys = [{"name": "a", "sha256": hash_key("key-a")}, {"name": "b", "sha256": hash_key("key-b"), "max_sessions": 5}]
+    with standins(StandinState(model="m")) as (b,):
+        config = _config(b.url, auth={"keys": keys}, sessions={"max_per_key": 3})
+        async with gateway(config) as (http, app):
+            as_a, as_b = ({"Authorization": f"Bearer key-{k}"} for k in "ab")
+            body = {"model": "m", **CHAT}
+            assert (
+                await http.post("/v1/chat/completions", json=body, headers={**as_b, "X-Session-ID": "live"})
+            ).is_success
+            for i in range(5):  # a's quota is 3: its own oldest two go
+                await http.post("/v1/chat/completions", json=body, headers={**as_a, "X-Session-ID": f"a-{i}"})
+            for _ in range(101):  # requests that name no session store nothing, for anyone
+                await http.post("/v1/chat/completions", json=body, headers=as_a)
+            store = state_of(app).sessions.store
+            assert store.count("a") == 3 and store.count("b") == 1  # type: ignore[attr-defined]
+            assert (await http.get("/v1/sessions/a-0", headers=as_a)).status_code == 404
+            assert (await http.get("/v1/sessions/a-4", headers=as_a)).json()["turn_count"] == 1
+            assert (await http.get("/v1/sessions/live", headers=as_b)).json()["turn_count"] == 1
+            assert (await http.get("/v1/sessions/live", headers=as_a)).status_code == 404  # private to b
 
 
 async def test_the_budgeter_sees_the_session_and_never_overspends_it() -> None:
@@ -114,22 +147,28 @@ def _turn(tokens: int) -> Turn:
     return Turn("m", None, 1, tokens, 0, 0.1, "stop", 0.0)
 
 
-async def test_memory_store_is_bounded_and_expires() -> None:
+async def test_memory_store_is_bounded_per_owner_and_expires() -> None:
     now = [0.0]
-    store = MemorySessionStore(ttl_s=10, history=2, max_turns=3, max_sessions=2, clock=lambda: now[0])
-    await store.open("a", 100)
-    await store.open("b", None)
-    await store.open("a", None)  # touching a makes b the least recently used
-    await store.open("c", None)
-    assert await store.get("b") is None
-    for i in range(5):
-        await store.record("a", _turn(i), None)
+    store = MemorySessionStore(ttl_s=10, history=2, max_turns=3, clock=lambda: now[0])
+    assert await store.open("o", "a") is None  # opening never creates
+    await store.record("o", "a", _turn(0), 100, quota=2)
+    await store.record("o", "b", _turn(0), None, quota=2)
+    await store.record("other", "x", _turn(0), None, quota=1)
+    assert await store.open("o", "a") is not None  # touching a makes b the least recently used
+    await store.record("o", "c", _turn(0), None, quota=2)
+    assert await store.get("o", "b") is None and store.count("o") == 2
+    assert await store.get("other", "x") is not None  # another owner's session is never pushed out
+    for i in range(1, 5):
+        await store.record("o", "a", _turn(i), None, quota=2)
     now[0] = 5.0
-    opened = await store.open("a", None)
-    assert opened.turn_count == 5 and opened.spent == 10 and opened.budget == 100
+    opened = await store.open("o", "a")
+    assert opened is not None and opened.turn_count == 5 and opened.spent == 10 and opened.budget == 100
     assert [t.completion_tokens for t in opened.turns] == [3, 4]  # the budgeter's history
-    stored = await store.get("a")
+    stored = await store.get("o", "a")
     assert stored is not None and [t.completion_tokens for t in stored.turns] == [2, 3, 4]
     now[0] = 100.0
-    assert await store.get("a") is None  # expired
-    assert (await store.open("a", 7)).budget == 7
+    assert await store.get("o", "a") is None  # expired
+    await store.record("o", "a", _turn(1), 7, quota=2)
+    fresh = await store.get("o", "a")
+    assert fresh is not None and fresh.budget == 7 and fresh.turn_count == 1
+    assert await store.delete("o", "a") and not await store.delete("o", "a")
