@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from thrifty.budgeter.base import Budgeter, BudgetRequest
 
 
@@ -19,7 +23,7 @@ class StaticBudgeter(Budgeter):
 
     name = "static"
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: Annotated[int, Field(ge=0)]) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ValueError("the static budgeter needs 'budget', an integer >= 0")
         self.budget = budget

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
 
 from thrifty.router.base import ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
 
@@ -13,7 +16,7 @@ class PinnedRouter(Router):
 
     name = "pinned"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: Annotated[str, Field(min_length=1)]) -> None:
         if not isinstance(model, str) or not model:
             raise ValueError("the pinned router needs 'model', the name of a configured model")
         self.model = model

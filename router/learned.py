@@ -17,9 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
@@ -90,11 +91,24 @@ def parse_lambda(value: str) -> float:
     return lam
 
 
+PresetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+Lambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class LearnedRouter(Router):
     """Options: ``artifact`` (folder), ``lambda`` (for ``auto``), ``presets`` ({name: λ}, served as
     ``auto:<name>``)."""
 
     name = "learned"
+
+    class Options(BaseModel):
+        """The config's options (``lambda`` is a Python keyword, so the signature cannot name it)."""
+
+        model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+        artifact: str = Field(..., min_length=1, description="the artifact folder")
+        lambda_: Lambda = Field(0.0, alias="lambda", description="λ for the virtual model auto")
+        presets: dict[PresetName, Lambda] | None = Field(None, description="{name: λ}, served as auto:<name>")
 
     def __init__(self, artifact: str, presets: Mapping[str, float] | None = None, **options: Any) -> None:
         unknown = set(options) - {"lambda"}

@@ -106,16 +106,16 @@ def _stores(config: GatewayConfig, metrics: GatewayMetrics) -> tuple[SessionStor
 
 
 def build_app(config: GatewayConfig) -> FastAPI:
-    """The gateway for ``config``. Router and budgeter options are checked here, before serving."""
+    """The gateway for ``config``; a router or budgeter that cannot be built is a ConfigError."""
+    # Their options were checked with the config; what is left to fail is what building reads (an artifact).
     try:
         router = build_router(config.router_name, config.router[config.router_name])
+    except ValueError as exc:
+        raise ConfigError(f"router.{config.router_name}: {exc}") from None
+    try:
         budgeter = build_budgeter(config.budgeter_name, config.budgeter[config.budgeter_name])
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    known = {b.model for b in config.backends}
-    pinned = getattr(router, "model", None)
-    if isinstance(pinned, str) and pinned not in known:
-        raise ConfigError(f"router 'pinned' names model '{pinned}', which no backend serves")
+        raise ConfigError(f"budgeter.{config.budgeter_name}: {exc}") from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -266,15 +266,23 @@ def _is_loopback(host: str) -> bool:
 
 
 def _examples(host: str, port: int, config: GatewayConfig) -> str:
+    """What the gateway prints once it answers: commands that work against it as configured."""
     model = config.backends[0].model
-    base = f"http://{host}:{port}"
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{probe}:{port}"
+    if config.auth.keys:
+        key_note = "\nAPI keys are on: export OPENAI_API_KEY=<one of your keys> (make one with `thrifty keys create`)\n"
+        curl_auth = ' -H "Authorization: Bearer $OPENAI_API_KEY"'
+        sdk_key = "os.environ['OPENAI_API_KEY']"
+    else:
+        key_note, curl_auth, sdk_key = "", "", "'unused'"
     return f"""
 Thrifty is serving on {base} (models: {", ".join(sorted({b.model for b in config.backends}))}, auto)
-
-  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+{key_note}
+  curl {base}/v1/chat/completions -H 'Content-Type: application/json'{curl_auth} \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Say hello in French."}}], "max_tokens": 32}}'
 
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='unused'); \\
+  python -c "import os; from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key={sdk_key}); \\
 r = c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32); \\
 print(r.choices[0].message.content)"
 
@@ -312,7 +320,7 @@ def serve(
     """Start the gateway (and any vLLM backends the config launches)."""
     import uvicorn
 
-    from thrifty.server.backends.launcher import LaunchError, start_all, stop_all
+    from thrifty.server.backends.launcher import LaunchError, log_path, start_all, stop_all
     from thrifty.server.bundled_model import is_prepared, model_dir, prepare_bundled_model
     from thrifty.server.drain import UVICORN_MARGIN_S
 
@@ -361,7 +369,10 @@ def serve(
     launched = []
     try:
         if any(b.launch is not None for b in config.backends):
-            typer.echo("starting vLLM backends (this takes a minute or two on a CPU)…")
+            typer.echo(
+                "starting vLLM backends (a minute or two on a CPU); their logs: "
+                + ", ".join(str(log_path(b, data_dir)) for b in config.backends if b.launch is not None)
+            )
             launched = start_all(config.backends, data_dir)
             typer.echo("backends ready: " + ", ".join(p.backend.name for p in launched))
         threading.Thread(

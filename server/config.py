@@ -1,12 +1,19 @@
-"""The gateway's configuration: one YAML file, validated, with environment overrides.
+"""The gateway's configuration: one typed settings object, from a YAML file and the environment.
 
-Every environment variable the gateway reads is named in this module. Secrets and URLs can be given
-per backend as ``THRIFTY_BACKEND_<NAME>_URL`` and ``THRIFTY_BACKEND_<NAME>_API_KEY`` (``<NAME>`` is the
-backend's name upper-cased with ``-`` and ``.`` as ``_``), and Redis as ``THRIFTY_REDIS_URL``; they win over the file.
+Every environment variable the gateway reads is named in this module. Any setting can come from the
+environment as ``THRIFTY_<FIELD>``, nested fields joined by ``__`` (``THRIFTY_SERVER__PORT=9000``,
+``THRIFTY_TIMEOUTS__TOTAL=120``, ``THRIFTY_REDIS_URL``), lists and mappings as JSON
+(``THRIFTY_ROUTER='{"cheapest": {}}'``). Secrets and URLs can be given per backend as
+``THRIFTY_BACKEND_<NAME>_URL`` and ``THRIFTY_BACKEND_<NAME>_API_KEY`` (``<NAME>`` is the backend's name
+upper-cased with ``-`` and ``.`` as ``_``). The environment wins over the file.
+
+A file is checked in one pass: every mistake, the router's and budgeter's options included, is reported
+at once, each with its place.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -15,13 +22,19 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from thrifty.budgeter.registry import BUDGETERS
 from thrifty.moe_runtime.config import CacheConfig
+from thrifty.router.registry import ROUTERS
+from thrifty.server.stage_options import option_problems, plain_message
 
+ENV_PREFIX = "THRIFTY_"  # THRIFTY_<FIELD>, nested with __: every setting of GatewayConfig
+ENV_NESTED = "__"
 ENV_CONFIG = "THRIFTY_CONFIG"
-ENV_DATA_DIR = "THRIFTY_DATA_DIR"
+ENV_DATA_DIR = "THRIFTY_DATA_DIR"  # also the data_dir setting
 ENV_VLLM_PYTHON = "THRIFTY_VLLM_PYTHON"
-ENV_REDIS_URL = "THRIFTY_REDIS_URL"
+ENV_REDIS_URL = "THRIFTY_REDIS_URL"  # also the redis_url setting
 ENV_BACKEND_URL = "THRIFTY_BACKEND_{name}_URL"
 ENV_BACKEND_API_KEY = "THRIFTY_BACKEND_{name}_API_KEY"
 ENV_PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -214,8 +227,13 @@ def _single_choice(value: Any, what: str) -> dict[str, dict[str, Any]]:
     return {str(name): dict(kwargs)}
 
 
-class GatewayConfig(_Strict):
-    """Everything ``thrifty serve`` needs; see ``examples/`` for annotated files."""
+class GatewayConfig(BaseSettings):
+    """Everything ``thrifty serve`` needs; see ``examples/`` for annotated files. Built by
+    :func:`parse_config` (file values, then the environment over them), never from ``os.environ`` alone."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, case_sensitive=False
+    )
 
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(..., min_length=1)
@@ -289,9 +307,7 @@ def env_key(name: str) -> str:
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Backend URLs and API keys, and the Redis URL, from the environment win over the file."""
-    if environ.get(ENV_REDIS_URL):
-        raw["redis_url"] = environ[ENV_REDIS_URL]
+    """Per-backend URLs and API keys from the environment win over the file."""
     for backend in raw.get("backends") or []:
         if not isinstance(backend, dict) or not isinstance(backend.get("name"), str):
             continue
@@ -306,23 +322,103 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     return raw
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' reading of THRIFTY_* variables, from a given mapping (tests pass their own)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(GatewayConfig)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names a config section at ``loc`` accepts (for 'did you mean')."""
+    model: Any = GatewayConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _plain(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        *parent, name = error["loc"]
+        known = _fields_at(tuple(parent))
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else (f"; known: {', '.join(known)}" if known else "")
+        return "unknown field" + hint
+    return plain_message(error)
+
+
+def _place(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _stage_problems(raw: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+    """The router's and budgeter's options, checked with the file (not only when the gateway starts)."""
+    problems = []
+    for section, registry in (("router", ROUTERS), ("budgeter", BUDGETERS)):
+        if section not in raw:
+            continue
+        try:
+            ((name, options),) = _single_choice(raw[section], section).items()
+        except ValueError:
+            continue  # its shape is wrong: the schema has said so
+        found = option_problems(section, registry, name, options)
+        problems += found
+        if section == "router" and name == "pinned" and not found:
+            served = {b.get("model") for b in raw.get("backends") or [] if isinstance(b, Mapping)}
+            if options["model"] not in served:
+                problems.append(
+                    (("router", "pinned", "model"), f"names model '{options['model']}', which no backend serves")
+                )
+    return problems
 
 
 def parse_config(raw: Any, *, source: str = "config", environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The settings from a parsed file (``raw``) and the environment; every mistake in one ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with at least 'backends'")
-    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    from_env = _Environment(environ)()
+    raw = _merge(apply_env_overrides(raw, environ), from_env)
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    config = None
     try:
-        return GatewayConfig.model_validate(raw)
+        config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source} is not valid:\n{_describe(exc)}") from None
+        problems += [(tuple(e["loc"]), _plain(e)) for e in exc.errors(include_url=False)]
+    problems += _stage_problems(raw)
+    if problems or config is None:
+        lines = []
+        for loc, message in problems:
+            origin = f" (from {ENV_PREFIX}{str(loc[0]).upper()}…)" if loc and loc[0] in from_env else ""
+            lines.append(f"  {_place(loc)}: {message}{origin}")
+        raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines))
+    return config
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> GatewayConfig:

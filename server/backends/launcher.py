@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 BUNDLED = "bundled"
+_PROGRESS_EVERY_S = 15.0
 DEFAULT_VLLM_VENV = Path(".venv-vllm")
 
 
@@ -46,6 +47,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def log_path(backend: BackendConfig, data_dir: Path) -> Path:
+    """Where a launched backend's output goes."""
+    return data_dir / "logs" / f"{backend.name}.log"
 
 
 def vllm_python(configured: str | None) -> str:
@@ -68,7 +74,7 @@ class VllmProcess:
         self.backend = backend
         self.launch = backend.launch
         self.data_dir = data_dir
-        self.log_path = data_dir / "logs" / f"{backend.name}.log"
+        self.log_path = log_path(backend, data_dir)
         self.process: subprocess.Popen[bytes] | None = None
 
     def model_path(self) -> Path:
@@ -146,7 +152,9 @@ class VllmProcess:
             return False
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.launch.startup_timeout_s
+        started = time.monotonic()
+        deadline = started + self.launch.startup_timeout_s
+        next_note = started + _PROGRESS_EVERY_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise LaunchError(
@@ -155,6 +163,15 @@ class VllmProcess:
                 )
             if self.healthy():
                 return
+            if time.monotonic() >= next_note:
+                next_note += _PROGRESS_EVERY_S
+                logger.info(
+                    "still waiting for vLLM for %s (%.0f s so far; its log: %s): %s",
+                    self.backend.name,
+                    time.monotonic() - started,
+                    self.log_path,
+                    self.log_tail(1) or "(nothing logged yet)",
+                )
             time.sleep(1.0)
         raise LaunchError(
             f"vLLM for backend '{self.backend.name}' was not healthy after {self.launch.startup_timeout_s:g} s:\n"

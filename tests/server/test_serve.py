@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers import CHAT, THRIFTY_CLI, free_port, serve_process, standins, stop_process, wait_ready
+from thrifty.server.access import hash_key
 from thrifty.server.standin import StandinState
 
 
@@ -81,7 +82,7 @@ def test_managed_backends_are_stopped_with_the_gateway(tmp_path: Path, how: str)
             backends:
               - name: managed
                 model: standin
-                launch: {{model_path: {model}, port: {backend_port}, python: {fake}, startup_timeout_s: 30}}
+                launch: {{model_path: {model}, port: {backend_port}, python: {fake}, startup_timeout_s: 300}}
             """
         )
     )
@@ -93,6 +94,8 @@ def test_managed_backends_are_stopped_with_the_gateway(tmp_path: Path, how: str)
         response = httpx.post(f"{url}/v1/chat/completions", json={"model": "standin", **CHAT})
         assert response.status_code == 200 and response.headers["x-thrifty-backend"] == "managed"
         assert httpx.get(f"http://127.0.0.1:{backend_port}/health").status_code == 200
+        # While it waits for vLLM, serve says where vLLM's log is.
+        assert f"their logs: {tmp_path / 'data' / 'logs' / 'managed.log'}" in log.read_text()
         process.send_signal(getattr(signal, how))
         process.wait(timeout=40)
     finally:
@@ -159,3 +162,42 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     assert results == [200], log.read_text()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+
+
+def test_the_printed_examples_work_with_keys_configured(tmp_path: Path) -> None:
+    key = "thr-banner-test-key"
+    with standins(StandinState(model="m")) as (backend,):
+        port = free_port()
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n"
+            f"auth: {{keys: [{{name: team, sha256: {hash_key(key)}}}]}}\n"
+        )
+        log = tmp_path / "serve.log"
+        process = serve_process(["--config", str(config), "--port", str(port)], log)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", process, log)
+            deadline = time.monotonic() + 60
+            while "Metrics:" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            text = log.read_text()
+            assert "export OPENAI_API_KEY" in text
+            lines = text.splitlines()
+            commands = []
+            for start, word in ((i, line.strip().split()[0]) for i, line in enumerate(lines) if line.strip()):
+                if word in ("curl", "python"):
+                    block = [lines[start]]
+                    while block[-1].endswith("\\"):
+                        block.append(lines[start + len(block)])
+                    commands.append("\n".join(block))
+            assert [c.split()[0] for c in commands] == ["curl", "python"], text
+            env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OPENAI_API_KEY": key}
+            for command in commands:
+                done = subprocess.run(
+                    ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60, check=False
+                )
+                assert done.returncode == 0, (command, done.stdout, done.stderr)
+                assert "Hello from the stand-in." in done.stdout, (command, done.stdout)
+        finally:
+            stop_process(process)
