@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,13 +50,12 @@ def options_model(cls: type) -> type[BaseModel]:
     declared = cls.__dict__.get("Options")
     if isinstance(declared, type) and issubclass(declared, BaseModel):
         return declared
-    hints = typing.get_type_hints(cls.__init__, include_extras=True)
     fields: dict[str, Any] = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+    for name, parameter in inspect.signature(cls, eval_str=True).parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        default = ... if parameter.default is parameter.empty else parameter.default
-        fields[name] = (hints.get(name, Any), default)
+        annotation = Any if parameter.annotation is parameter.empty else parameter.annotation
+        fields[name] = (annotation, ... if parameter.default is parameter.empty else parameter.default)
     config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     return create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
