@@ -1,6 +1,7 @@
 """Gateway overhead: the same load straight to a fast stand-in backend, then through the gateway.
 
-    python loadtests/overhead.py [--duration 10] [--setups memory:1 memory:2 redis:1] [--output FILE]
+    python loadtests/overhead.py [--duration 10] [--setups memory:1 memory:2 redis:1] [--rounds 1]
+                                 [--before PATH/TO/older/thrifty] [--output FILE]
 
 The stand-in (``thrifty.server.standin``, a bare ASGI app on uvicorn) answers with a fixed completion,
 so what is left is the gateway's own cost. Requests to the gateway ask for the virtual model ``auto``
@@ -8,7 +9,10 @@ on a backend marked ``reasoning: true``, so the router and budgeter stages both 
 and all carry one ``X-Session-ID``: each is a turn of one long conversation, whose session is read
 before and written after (in memory, or in a local redis-server for the ``redis`` set-up).
 Load comes from ``wrk`` (Debian package) with one thread; every scenario runs back to back in one go so
-that ratios are comparable on a shared, noisy machine. Prints a Markdown table.
+that ratios are comparable on a shared, noisy machine. ``--before`` names the ``thrifty`` command of
+another checkout (say, the last release): both gateways run side by side and each scenario measures
+direct, before and now in turn, ``--rounds`` times, so the comparison is interleaved. Prints Markdown
+tables: medians over rounds, with the range where there are several.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +111,23 @@ def machine() -> str:
     )
 
 
+def _gateway(thrifty: str, config: Path, workers: int, processes: list[subprocess.Popen[bytes]]) -> str:
+    port = free_port()
+    command = [thrifty, "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+    gateway = subprocess.Popen([*command, "--log-level", "warning"], stdout=subprocess.DEVNULL)
+    processes.append(gateway)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/ready")
+    return url
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    middle = format(statistics.median(values), fmt)
+    if len(values) < 2:
+        return middle
+    return f"{middle} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
@@ -115,12 +137,17 @@ def main() -> None:
         default=["memory:1", "memory:2", "redis:1"],
         help="gateway set-ups to measure, as STORE:WORKERS (STORE: memory or redis)",
     )
-    parser.add_argument("--output", type=Path, help="also write the table to this file")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each scenario this many times, interleaved")
+    parser.add_argument("--before", help="the `thrifty` command of another checkout, measured beside this one")
+    parser.add_argument("--output", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (make bench does this)")
 
     bin_dir = Path(sys.executable).parent
+    versions = {"now": str(bin_dir / "thrifty")}
+    if args.before:
+        versions = {"before": args.before} | versions
     work = Path(tempfile.mkdtemp(prefix="thrifty-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     standin_port = free_port()
@@ -153,7 +180,8 @@ def main() -> None:
             )
         )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    rows: list[tuple[str, Run, Run]] = []
+    # scenario -> "direct" or version -> runs
+    results: dict[str, dict[str, list[Run]]] = {}
     try:
         wait_http(f"{standin}/health")
         for setup in args.setups:
@@ -167,40 +195,35 @@ def main() -> None:
                 "router: {cheapest: {}}\nbudgeter: {static: {budget: 256}}\n"
                 "sessions: {default_budget: 100000000}\n"
             )
-            port = free_port()
-            gateway = subprocess.Popen(
-                [
-                    str(bin_dir / "thrifty"),
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            processes.append(gateway)
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/ready")
+            started = len(processes)
+            urls = {name: _gateway(thrifty, config, workers, processes) for name, thrifty in versions.items()}
             for stream in (False, True):
                 mode = "stream" if stream else "non-stream"
                 direct_script = lua(work, f"direct-{mode}", "standin", stream)
                 gateway_script = lua(work, f"gateway-{mode}", "auto", stream, session=True)
                 for connections in (1, 32):
-                    # Warm both paths (connection pools, caches) before measuring.
-                    wrk(f"{standin}/v1/chat/completions", direct_script, connections, 1)
-                    wrk(f"{url}/v1/chat/completions", gateway_script, connections, 1)
-                    direct = wrk(f"{standin}/v1/chat/completions", direct_script, connections, args.duration)
-                    through = wrk(f"{url}/v1/chat/completions", gateway_script, connections, args.duration)
                     label = f"{store} store, {workers} worker{'s' if workers > 1 else ''}, {mode}, {connections} conn"
-                    rows.append((label, direct, through))
-                    print(f"  {label}: direct {direct.rps:,.0f}/s, gateway {through.rps:,.0f}/s", flush=True)
-            gateway.terminate()
-            gateway.wait(timeout=30)
+                    runs = results.setdefault(label, {"direct": [], **{name: [] for name in versions}})
+                    for _ in range(args.rounds):
+                        # Warm every path (connection pools, caches) before measuring.
+                        wrk(f"{standin}/v1/chat/completions", direct_script, connections, 1)
+                        runs["direct"].append(
+                            wrk(f"{standin}/v1/chat/completions", direct_script, connections, args.duration)
+                        )
+                        for name, url in urls.items():
+                            wrk(f"{url}/v1/chat/completions", gateway_script, connections, 1)
+                            runs[name].append(
+                                wrk(f"{url}/v1/chat/completions", gateway_script, connections, args.duration)
+                            )
+                        print(
+                            f"  {label}: direct {runs['direct'][-1].rps:,.0f}/s, "
+                            + ", ".join(f"{name} {runs[name][-1].rps:,.0f}/s" for name in versions),
+                            flush=True,
+                        )
+            for gateway in processes[started:]:
+                gateway.terminate()
+                gateway.wait(timeout=30)
+            del processes[started:]
     finally:
         for process in processes:
             if process.poll() is None:
@@ -208,22 +231,52 @@ def main() -> None:
                 process.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
-    lines = [
-        f"Machine: {machine()}",
-        "",
-        "| scenario | direct req/s | gateway req/s | direct p50 | gateway p50 | added p50 | gateway p99 | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for label, direct, through in rows:
-        lines.append(
-            f"| {label} | {direct.rps:,.0f} | {through.rps:,.0f} | {direct.p50_ms:.3f} ms | {through.p50_ms:.3f} ms"
-            f" | {through.p50_ms - direct.p50_ms:.3f} ms | {through.p99_ms:.3f} ms | {direct.errors + through.errors} |"
-        )
-    table = "\n".join(lines)
+    table = "\n".join([f"Machine: {machine()}", "", *_tables(results, list(versions))])
     print()
     print(table)
     if args.output:
         args.output.write_text(table + "\n")
+
+
+def _tables(results: dict[str, dict[str, list[Run]]], versions: list[str]) -> list[str]:
+    lines = [
+        "| scenario | version | direct req/s | gateway req/s | gateway ÷ direct req/s | added p50 | gateway p99 "
+        "| errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, runs in results.items():
+        direct = runs["direct"]
+        for name in versions:
+            through = runs[name]
+            ratio = [t.rps / d.rps for t, d in zip(through, direct, strict=True)]
+            added = [t.p50_ms - d.p50_ms for t, d in zip(through, direct, strict=True)]
+            errors = sum(r.errors for r in through) + sum(r.errors for r in direct)
+            cells = [
+                _spread([d.rps for d in direct], ",.0f"),
+                _spread([t.rps for t in through], ",.0f"),
+                _spread(ratio, ".3f"),
+                _spread(added, ".3f") + " ms",
+                _spread([t.p99_ms for t in through], ".2f") + " ms",
+                str(errors),
+            ]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    if "before" in versions:
+        lines += [
+            "",
+            "Now against before, each round's ratio to its own direct run (medians over rounds, range in brackets):",
+            "",
+            "| scenario | req/s now ÷ before | added p50 now ÷ before |",
+            "| --- | ---: | ---: |",
+        ]
+        for label, runs in results.items():
+            direct, before, now = runs["direct"], runs["before"], runs["now"]
+            rps = [(n.rps / d.rps) / (b.rps / d.rps) for n, b, d in zip(now, before, direct, strict=True)]
+            added = [
+                (n.p50_ms - d.p50_ms) / max(b.p50_ms - d.p50_ms, 1e-6)
+                for n, b, d in zip(now, before, direct, strict=True)
+            ]
+            lines.append(f"| {label} | {_spread(rps, '.3f')} | {_spread(added, '.3f')} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -36,6 +36,14 @@ class Turn:
     def from_json(cls, data: dict[str, Any]) -> Turn:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
+    def to_row(self) -> list[Any]:
+        """The fields in order, without their names: the compact form a process keeps in memory."""
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Turn:
+        return cls(*row)
+
 
 @dataclass(slots=True)
 class Session:
