@@ -33,23 +33,27 @@ class EventSplitter:
         """The events ``data`` completes (never empty ones), in order, LF-framed, without separators."""
         if self._after_cr or b"\r" in data:
             data = self._to_lf(data)
-        if not self._parts:
+            if not data:
+                return []
+        if not self._parts:  # the usual case: nothing pending
             events = data.split(SEPARATOR)
         elif self._parts[-1].endswith(b"\n") and data.startswith(b"\n"):
             # The separator straddles two reads.
             self._parts[-1] = self._parts[-1][:-1]
             events = [b"".join(self._parts), *data[1:].split(SEPARATOR)]
+            self._parts, self._size = [], 0
         else:
             end = data.find(SEPARATOR)
             if end < 0:
-                self._keep(data)
+                if data:
+                    self._keep(data)
                 return []
             events = [b"".join(self._parts) + data[:end], *data[end + 2 :].split(SEPARATOR)]
+            self._parts, self._size = [], 0
         tail = events.pop()
-        self._parts, self._size = [], 0
         if tail:
             self._keep(tail)
-        return [event for event in events if event]
+        return events if all(events) else [event for event in events if event]
 
     def _keep(self, data: bytes) -> None:
         self._size += len(data)

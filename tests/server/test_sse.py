@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thrifty.server.sse import EventSplitter, EventTooLarge
@@ -22,10 +22,11 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
+@settings(max_examples=1000, deadline=None)
 @given(
     events=st.lists(_event, min_size=1, max_size=6),
     eol=st.sampled_from(["\n", "\r\n", "\r"]),
-    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
 )
 def test_any_framing_in_any_reads_gives_the_same_events(events: list[list[str]], eol: str, cuts: list[int]) -> None:
     splitter = EventSplitter(1 << 20)
@@ -53,3 +54,10 @@ def test_a_large_event_in_many_reads_and_the_limit() -> None:
     small.feed(b"data: " + b"x" * 1000)
     with pytest.raises(EventTooLarge):
         small.feed(b"x" * 100)
+
+
+def test_a_crlf_split_across_three_reads() -> None:
+    splitter = EventSplitter(1024)
+    assert splitter.feed(b"data: 0\r") == []
+    assert splitter.feed(b"\n") == []
+    assert splitter.feed(b"\r\n") == [b"data: 0"]
