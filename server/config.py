@@ -157,8 +157,8 @@ class SessionsConfig(_Strict):
     """Multi-turn sessions. Stored in memory, or in Redis when ``redis_url`` is set.
 
     Only requests that name a session are stored. Each API key holds at most ``max_per_key`` sessions (its
-    least recently used go first), so the store is bounded by keys × max_per_key × max_turns turns — about
-    15 MB per worker for one key at the defaults (in memory; measured in loadtests/RESULTS.md).
+    least recently used go first), so the store is bounded by keys × max_per_key × max_turns turns — 12–19
+    MB per worker for one key at the defaults (in memory; measured in loadtests/RESULTS.md).
     """
 
     ttl_s: float = Field(24 * 3600.0, gt=0, description="a session expires this long after its last turn")

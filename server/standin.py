@@ -7,8 +7,9 @@ never used to claim anything about a real model.
 Behaviour is set per instance through :class:`StandinState`, which tests mutate while it runs:
 ``fail_status`` answers every completion with that status, ``die_after_chunks`` closes the
 connection in the middle of a stream, ``hang_after_chunks`` stops sending without closing it (a frozen
-backend), ``delay_s`` sleeps before answering, ``line_ending`` frames events with CRLF (or CR) as some
-SSE servers do, ``first_event_padding`` makes the first stream event that many bytes larger.
+backend), ``delay_s`` sleeps before answering (and gives up if the client leaves), ``gate`` holds every
+answer until a test sets it, ``line_ending`` frames events with CRLF (or CR) as some SSE servers do,
+``first_event_padding`` makes the first stream event that many bytes larger.
 """
 
 from __future__ import annotations
