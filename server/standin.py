@@ -9,7 +9,7 @@ Behaviour is set per instance through :class:`StandinState`, which tests mutate 
 connection in the middle of a stream, ``hang_after_chunks`` stops sending without closing it (a frozen
 backend), ``delay_s`` sleeps before answering (and gives up if the client leaves), ``gate`` holds every
 answer until a test sets it, ``line_ending`` frames events with CRLF (or CR) as some SSE servers do,
-``first_event_padding`` makes the first stream event that many bytes larger.
+``first_event_padding`` makes a stream event (the first, or ``padded_event``) that many bytes larger.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ class StandinState:
     hang_after_chunks: int | None = None
     line_ending: bytes = b"\n"
     first_event_padding: int = 0
+    padded_event: int = 0  # which stream event the padding goes into
     delay_s: float = 0.0
-    gate: threading.Event | None = None  # when set, each completion waits for it before answering
+    gate: threading.Event | None = None  # each completion waits for it before answering (or before gate_event)
+    gate_event: int | None = None  # the stream event the gate holds back instead
     chunk_delay_s: float = 0.0
     stream_chunks: int = 4
     # Streams that ended because the client went away (the gateway must pass disconnects on).
@@ -124,8 +126,8 @@ class Standin:
         if state.record:
             state.received.append(request)
             state.received_raw.append(body)
-        while state.gate is not None and not state.gate.is_set():
-            await asyncio.sleep(0.005)
+        if state.gate_event is None:
+            await _wait(state.gate)
         if state.delay_s:
             gone = asyncio.Event()
             watcher = asyncio.create_task(_watch_disconnect(receive, gone))
@@ -179,8 +181,10 @@ class Standin:
                 await gone.wait()  # frozen: nothing more until the client gives up
                 state.disconnects += 1
                 raise _Disconnect
+            if i == state.gate_event:
+                await _wait(state.gate)
             last = i == state.stream_chunks - 1
-            padding = state.first_event_padding if i == 0 else 0
+            padding = state.first_event_padding if i == state.padded_event else 0
             chunk = (
                 _chat_chunk(state.model, created, i, last, padding)
                 if chat
@@ -208,7 +212,9 @@ class Standin:
 
 def _chat_chunk(model: str, created: int, i: int, last: bool, padding: int = 0) -> bytes:
     # The first chunk carries reasoning, as a reasoning parser's output does.
-    delta: dict[str, Any] = {"reasoning_content": "think" + "." * padding} if i == 0 else {"content": f"tok{i} "}
+    delta: dict[str, Any] = {"reasoning_content": "think"} if i == 0 else {"content": f"tok{i} "}
+    if padding:
+        delta["padding"] = "." * padding
     if i == 0:
         delta["role"] = "assistant"
     return orjson.dumps(
@@ -232,6 +238,11 @@ def _text_chunk(model: str, created: int, i: int, last: bool, padding: int = 0) 
             "choices": [{"index": 0, "text": f"tok{i} " + "." * padding, "finish_reason": "stop" if last else None}],
         }
     )
+
+
+async def _wait(gate: threading.Event | None) -> None:
+    while gate is not None and not gate.is_set():
+        await asyncio.sleep(0.005)
 
 
 async def _watch_disconnect(receive: ASGIReceive, gone: asyncio.Event) -> None:

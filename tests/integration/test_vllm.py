@@ -7,6 +7,7 @@ The gateway runs as ``thrifty serve`` in its own process. The last test kills th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -167,6 +168,7 @@ def test_malformed_requests(client: openai.OpenAI, gateway_url: str) -> None:
     with pytest.raises(openai.NotFoundError) as not_found:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert not_found.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert MODEL in not_found.value.body["message"]  # type: ignore[index]  # it names what there is
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model=MODEL, messages=[])
     assert bad.value.body["param"] == "messages"  # type: ignore[index]
@@ -178,6 +180,21 @@ def test_malformed_requests(client: openai.OpenAI, gateway_url: str) -> None:
     # vLLM's own refusal (a prompt longer than the context) reaches the client as vLLM's 400.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 3000}])
+
+
+def test_a_large_first_event_from_vllm_is_relayed(gateway_url: str) -> None:
+    # A streamed completion that echoes a long prompt with its logprobs: vLLM puts all of it in the first
+    # event, far past aiohttp's 64 KiB line limit that used to turn it into a 500.
+    prompt = " ".join(f"item{i}" for i in range(300))  # about 1,000 tokens
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "stream": True, "echo": True, "logprobs": 5}
+    with httpx.stream("POST", f"{gateway_url}/v1/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        raw = response.read()
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]", events[-1][:300]
+    assert len(events[0]) > 65536, len(events[0])
+    first = json.loads(events[0].removeprefix(b"data: "))
+    assert first["choices"][0]["text"].startswith(prompt[:200])
 
 
 def test_metrics_saw_the_traffic(gateway_url: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import openai
 import orjson
 import pytest
 
-from tests.helpers import CHAT, config_for, free_port, gateway, sample, standins, state_of
+from tests.helpers import CHAT, config_for, free_port, gateway, running_gateway, sample, standins, state_of
 from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
 from thrifty.server.standin import StandinState
 
@@ -165,13 +166,33 @@ async def test_a_large_first_event_is_relayed_and_one_over_the_limit_is_a_502() 
             assert response.status_code == 200
             events = [e for e in response.content.split(b"\n\n") if e]
             first = orjson.loads(events[0].removeprefix(b"data: "))
-            assert len(first["choices"][0]["delta"]["reasoning_content"]) == 5 + (1 << 20)
+            assert len(first["choices"][0]["delta"]["padding"]) == 1 << 20
             assert events[-1] == b"data: [DONE]"
         limited = config_for([{"name": "a", "model": "m", "url": a.url}], limits={"max_sse_event_bytes": 65536})
         async with gateway(limited) as (http, app):
             response = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
             assert response.status_code == 502 and response.json()["error"]["code"] == "event_too_large"
             assert "max_sse_event_bytes" in response.json()["error"]["message"]
+            assert sample(app, "thrifty_requests_total", model="m", backend="a", status="502") == 1
+
+
+async def test_an_event_over_the_limit_after_the_stream_began_ends_it_with_an_sse_error() -> None:
+    gate = threading.Event()  # holds the large event back until the client has the first two
+    state = StandinState(model="m", first_event_padding=1 << 20, padded_event=2, gate=gate, gate_event=2)
+    with standins(state) as (a,):
+        config = config_for([{"name": "a", "model": "m", "url": a.url}], limits={"max_sse_event_bytes": 65536})
+        with running_gateway(config) as (url, app):
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                events = []
+                async with http.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line:
+                            events.append(line)
+                        if len(events) == 2:
+                            gate.set()
+            assert len(events) == 3, events  # two events, then the error
+            assert orjson.loads(events[-1].removeprefix("data: "))["error"]["code"] == "event_too_large"
             assert sample(app, "thrifty_requests_total", model="m", backend="a", status="502") == 1
 
 

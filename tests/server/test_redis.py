@@ -83,12 +83,17 @@ async def test_each_owner_keeps_its_quota_and_requests_without_a_session_cost_no
         assert keys == 2 * 4 + 2  # head and turns per session, one index per owner
     finally:
         await store.link.close()
-    with standins(StandinState(model="m")) as (b,):
-        config = config_for([{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url)
-        async with gateway(config) as (http, _):
+    with standins(StandinState(model="m"), StandinState(model="bad", fail_status=500)) as (b, bad):
+        backends = [{"name": "b", "model": "m", "url": b.url}, {"name": "x", "model": "bad", "url": bad.url}]
+        async with gateway(config_for(backends, redis_url=redis.url)) as (http, _):
             for _ in range(200):
                 assert (await http.post("/v1/chat/completions", json={"model": "m", **CHAT})).status_code == 200
-    assert direct.dbsize() == keys  # two hundred requests that named no session left nothing in Redis
+            failed = await http.post(
+                "/v1/chat/completions", json={"model": "bad", **CHAT}, headers={"X-Session-ID": "f"}
+            )
+            assert failed.status_code == 502
+    # Two hundred requests that named no session, and one that failed, left nothing in Redis.
+    assert direct.dbsize() == keys
     direct.close()
 
 
