@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
@@ -81,6 +81,10 @@ def query_text(body: Mapping[str, Any]) -> str:
     return str(prompt or "")[-MAX_QUERY_CHARS:]
 
 
+def _problem(error: Any) -> str:
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+
+
 def parse_lambda(value: str) -> float:
     try:
         lam = float(value)
@@ -91,6 +95,7 @@ def parse_lambda(value: str) -> float:
     return lam
 
 
+DEFAULT_PRESETS = {"cheap": 30000.0, "balanced": 3000.0, "best": 0.0}
 PresetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
 Lambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -111,17 +116,13 @@ class LearnedRouter(Router):
         presets: dict[PresetName, Lambda] | None = Field(None, description="{name: λ}, served as auto:<name>")
 
     def __init__(self, artifact: str, presets: Mapping[str, float] | None = None, **options: Any) -> None:
-        unknown = set(options) - {"lambda"}
-        if unknown:
-            raise ValueError(f"unknown options {sorted(unknown)}; the learned router takes artifact, lambda, presets")
-        self.default_lambda = float(options.get("lambda", 0.0))
-        presets = dict(presets or {"cheap": 30000.0, "balanced": 3000.0, "best": 0.0})
-        for preset, lam in [("lambda", self.default_lambda), *presets.items()]:
-            if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-                raise ValueError(f"λ '{preset}' must be a number ≥ 0, not {lam!r}")
-            if preset != "lambda" and not preset.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"preset name '{preset}' may use letters, digits, '-' and '_' only")
-        self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in presets.items()}
+        try:  # the same schema the config file is checked against
+            settings = self.Options.model_validate({"artifact": artifact, "presets": presets, **options})
+        except ValidationError as exc:
+            raise ValueError("; ".join(_problem(e) for e in exc.errors(include_url=False))) from None
+        self.default_lambda = settings.lambda_
+        chosen = settings.presets if settings.presets is not None else DEFAULT_PRESETS
+        self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in chosen.items()}
         self._virtual_models = (AUTO, *self.presets)
         self.folder = Path(artifact)
         try:

@@ -36,8 +36,8 @@ class Principal:
 
     name: str
     quota: Quota | None
-    admin: bool = False
-    max_sessions: int = 1000  # sessions this caller may hold at once
+    admin: bool
+    max_sessions: int  # sessions this caller may hold at once
 
 
 class AccessControl:
