@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -329,7 +330,7 @@ class _Environment(EnvSettingsSource):
         self._environ = environ
         super().__init__(GatewayConfig)
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
+    def _load_env_vars(self) -> Mapping[str, str | None]:  # the source's hook for where variables come from
         return {key.lower(): value for key, value in self._environ.items()}
 
 
@@ -344,22 +345,35 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
-    """The field names a config section at ``loc`` accepts (for 'did you mean')."""
-    model: Any = GatewayConfig
+    """The field names the config section at ``loc`` accepts (for 'did you mean')."""
+    model: type[BaseModel] = GatewayConfig
     for part in loc:
         if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            continue  # an item of a list: the list's model
+        field = model.model_fields.get(part)
         if field is None:
             return []
-        annotation = field.annotation
-        for candidate in (annotation, *getattr(annotation, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                model = candidate
-                break
-        else:
+        nested = [
+            c
+            for c in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(c, type) and issubclass(c, BaseModel)
+        ]
+        if not nested:
             return []
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _env_variable(loc: tuple[int | str, ...], from_env: Mapping[str, Any]) -> str | None:
+    """The environment variable that set the value at ``loc``, if one did."""
+    names: list[str] = []
+    value: Any = from_env
+    for part in loc:
+        if not isinstance(value, Mapping) or part not in value:
+            break
+        names.append(str(part))
+        value = value[part]
+    return ENV_PREFIX + ENV_NESTED.join(names).upper() if names else None
 
 
 def _plain(error: Any) -> str:
@@ -415,8 +429,8 @@ def parse_config(raw: Any, *, source: str = "config", environ: Mapping[str, str]
     if problems or config is None:
         lines = []
         for loc, message in problems:
-            origin = f" (from {ENV_PREFIX}{str(loc[0]).upper()}…)" if loc and loc[0] in from_env else ""
-            lines.append(f"  {_place(loc)}: {message}{origin}")
+            variable = _env_variable(loc, from_env)
+            lines.append(f"  {_place(loc)}: {message}" + (f" (from {variable})" if variable else ""))
         raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines))
     return config
 

@@ -191,9 +191,7 @@ class Pipeline:
             if context.degraded:
                 outcome.headers["x-thrifty-session-state"] = UNAVAILABLE
         else:
-            # No session: the turn is a problem of its own, its budget B capping what it may think.
-            budget = self.sessions.budget_for(extension.get("budget"))
-            view = None if budget is None else Session("", outcome.started, budget)
+            view = self.sessions.on_its_own(extension.get("budget"))
         outcome.model = decision.model
         outcome.headers["x-thrifty-model"] = decision.model
         if decision.policy:

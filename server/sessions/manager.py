@@ -77,6 +77,11 @@ class SessionManager:
         """The problem budget B of a request: its own, else the configured default."""
         return self.config.default_budget if requested is None else requested
 
+    def on_its_own(self, requested: int | None) -> Session | None:
+        """What the budgeter sees of a request that names no session: a problem of one turn, nothing stored."""
+        budget = self.budget_for(requested)
+        return None if budget is None else Session("", self.store.clock(), budget)
+
     def _failed(self, operation: str, exc: StoreUnavailable) -> None:
         self._metrics.session_store_errors.labels(operation).inc()
         logger.debug("session store %s failed: %s", operation, exc)

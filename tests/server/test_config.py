@@ -187,8 +187,8 @@ def test_every_setting_can_come_from_the_environment(tmp_path: Path) -> None:
     assert config.budgeter == {"static": {"budget": 64}}
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={"THRIFTY_SERVER__PROT": "1", "THRIFTY_TIMEOUTS__IDLE": "-3"})
-    assert "server.prot: unknown field; did you mean 'port'? (from THRIFTY_SERVER…)" in str(info.value)
-    assert "timeouts.idle: must be > 0 (from THRIFTY_TIMEOUTS…)" in str(info.value)
+    assert "server.prot: unknown field; did you mean 'port'? (from THRIFTY_SERVER__PROT)" in str(info.value)
+    assert "timeouts.idle: must be > 0 (from THRIFTY_TIMEOUTS__IDLE)" in str(info.value)
 
 
 def test_default_config_serves_the_bundled_model(tmp_path: Path) -> None:

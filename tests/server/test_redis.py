@@ -115,7 +115,9 @@ async def test_fifty_concurrent_turns_through_the_gateway(redis: RedisServer) ->
 
 async def test_redis_outage_degrades_then_recovers(redis: RedisServer) -> None:
     with standins(StandinState(model="m")) as (b,):
-        config = config_for([{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url)
+        # A Redis that is gone refuses at once; the generous timeout only keeps a busy machine's slow
+        # replies from looking like an outage.
+        config = config_for([{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url, redis_timeout_s=10)
         async with gateway(config) as (http, app):
             headers = {"X-Session-ID": "through-outage"}
             body = {"model": "m", **CHAT}
@@ -156,7 +158,7 @@ async def test_a_hung_redis_costs_one_wait_then_nothing_until_it_answers(redis: 
     keys = [{"name": "team", "sha256": hash_key(KEY), "rpm": 1000}]  # rate limits use Redis too
     with standins(StandinState(model="m")) as (b,):
         config = config_for(
-            [{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url, redis_timeout_s=0.5, auth={"keys": keys}
+            [{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url, redis_timeout_s=2, auth={"keys": keys}
         )
         async with gateway(config) as (http, app):
             headers = {"Authorization": f"Bearer {KEY}", "X-Session-ID": "frozen"}
@@ -188,7 +190,7 @@ async def test_a_turn_lost_after_the_session_was_opened_is_flagged(redis: RedisS
     gate = threading.Event()
     state = StandinState(model="m", record=True, gate=gate)
     with standins(state) as (b,):
-        config = config_for([{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url)
+        config = config_for([{"name": "b", "model": "m", "url": b.url}], redis_url=redis.url, redis_timeout_s=10)
         async with gateway(config) as (http, app):
             body = {"model": "m", **CHAT, "stream": stream}
             call = asyncio.create_task(http.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "lost"}))
@@ -219,7 +221,7 @@ def test_two_gateways_share_sessions_and_limits_and_restarts_lose_nothing(redis:
     with standins(StandinState(model="m")) as (b,):
         config = tmp_path / "c.yaml"
         config.write_text(
-            f"redis_url: {redis.url}\n"
+            f"redis_url: {redis.url}\nredis_timeout_s: 10\n"
             f"backends: [{{name: b, model: m, url: '{b.url}'}}]\n"
             f"auth: {{keys: [{{name: team, sha256: {hash_key(KEY)}, rpm: 5}}]}}\n"
         )
