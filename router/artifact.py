@@ -14,9 +14,7 @@ few matrix products (the network uses the tanh form of GELU, which NumPy compute
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -29,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
-from thrifty.server.artifacts import ArtifactError, Manifest, sha256, verify_files
-from thrifty.server.artifacts import read_manifest as read_checked_manifest
+from thrifty.server.kit.artifacts import ArtifactError, ArtifactWriter, Manifest, load_verified
+from thrifty.server.kit.artifacts import read_manifest as read_checked_manifest
 
 KIND = "thrifty.router"
 VERSION = 1
@@ -163,40 +161,21 @@ class RouterArtifact:
 
     def save(self, out: Path, embedder_folder: Path | None = None) -> Path:
         """Write to ``out`` (which must not exist) through a staging folder: never a torn artifact."""
-        if out.exists():
-            raise FileExistsError(f"{out} exists; choose a new folder (artifacts are never overwritten)")
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(staging / WEIGHTS))
-        if self.embedder["kind"] == "static":
-            if embedder_folder is None:
-                raise ValueError("a router trained on a static embedder must be saved with that embedder")
-            shutil.copytree(embedder_folder, staging / EMBEDDER_DIR)
-        files = {str(p.relative_to(staging)): sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = {
-            "kind": KIND,
-            "version": VERSION,
-            "family": self.family,
-            "models": list(self.models),
-            "embedder": self.embedder,
-            "settings": self.settings,
-            "inputs": self.inputs,
-            "training": self.training,
-            "metrics": self.metrics,
-            "files": files,
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
-        os.replace(staging, out)
-        return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON")
+        if self.embedder["kind"] == "static" and embedder_folder is None:
+            raise ValueError("a router trained on a static embedder must be saved with that embedder")
+        with ArtifactWriter(out, KIND, VERSION) as writer:
+            save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(writer.staging / WEIGHTS))
+            if embedder_folder is not None and self.embedder["kind"] == "static":
+                shutil.copytree(embedder_folder, writer.staging / EMBEDDER_DIR)
+            return writer.commit(
+                inputs=self.inputs,
+                metrics=self.metrics,
+                family=self.family,
+                models=list(self.models),
+                embedder=self.embedder,
+                settings=self.settings,
+                training=self.training,
+            )
 
 
 def read_manifest(folder: Path) -> RouterManifest:
@@ -205,8 +184,7 @@ def read_manifest(folder: Path) -> RouterManifest:
 
 def load_artifact(folder: Path) -> RouterArtifact:
     """Read and verify every file against the manifest's hashes; any flaw is an ArtifactError."""
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+    manifest = load_verified(folder, RouterManifest, kind=KIND, version=VERSION)
     try:
         arrays = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from thrifty.server.artifacts import sha256
+from thrifty.server.kit.artifacts import sha256
 
 MAX_TOKENS = 256  # MiniLM was trained on sequences this long; longer queries are cut
 

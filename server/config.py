@@ -28,13 +28,13 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from thrifty.budgeter.registry import BUDGETERS
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.router.registry import ROUTERS
+from thrifty.server.kit.vllm import ENV_VLLM_PYTHON  # noqa: F401 - read by the kit, listed with the rest here
 from thrifty.server.stage_options import option_problems, plain_message
 
 ENV_PREFIX = "THRIFTY_"  # THRIFTY_<FIELD>, nested with __: every setting of GatewayConfig
 ENV_NESTED = "__"
 ENV_CONFIG = "THRIFTY_CONFIG"
 ENV_DATA_DIR = "THRIFTY_DATA_DIR"  # also the data_dir setting
-ENV_VLLM_PYTHON = "THRIFTY_VLLM_PYTHON"
 ENV_REDIS_URL = "THRIFTY_REDIS_URL"  # also the redis_url setting
 ENV_BACKEND_URL = "THRIFTY_BACKEND_{name}_URL"
 ENV_BACKEND_API_KEY = "THRIFTY_BACKEND_{name}_API_KEY"

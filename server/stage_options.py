@@ -10,12 +10,13 @@ gateway starts, not when its config is checked.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from thrifty.server.kit.registry import Registry
 
 # pydantic's messages, in the words of someone editing a config file.
 _PLAIN: dict[str, Callable[[Any], str]] = {
@@ -60,20 +61,13 @@ def options_model(cls: type) -> type[BaseModel]:
     return create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
-def load_stage(registry: Mapping[str, str], name: str) -> type:
-    """The class registered as ``name`` (an import path ``module:attribute``)."""
-    module, _, attr = registry[name].partition(":")
-    cls: type = getattr(importlib.import_module(module), attr)
-    return cls
-
-
 def option_problems(
-    section: str, registry: Mapping[str, str], name: str, options: Mapping[str, Any]
+    section: str, registry: Registry[Any], name: str, options: Mapping[str, Any]
 ) -> list[tuple[tuple[str | int, ...], str]]:
     """Every mistake in a stage's options, each as (place in the config, what is wrong in words)."""
     if name not in registry:
-        return [((section,), f"unknown {section} '{name}'; choose one of: {', '.join(sorted(registry))}")]
-    model = options_model(load_stage(registry, name))
+        return [((section,), registry.unknown(name))]
+    model = options_model(registry.load(name))
     try:
         model.model_validate(dict(options))
     except ValidationError as exc:

@@ -9,34 +9,32 @@ Everything lands in one output folder::
     report/RESULTS.md, report/*.png, report/summary.json
     manifest.json                                 written last: its presence means the build is complete
 
-Each stage's output is written atomically and recorded in ``state.json``; a rerun skips finished
-stages (and a solver's training resumes from its last checkpoint), so an interrupted build continues.
+The build is a job of the kit's runner (:mod:`thrifty.server.kit.jobs`): each stage's output is written
+atomically and recorded in ``state.json``; a rerun skips finished stages (and a solver's training
+resumes from its checkpoint), so an interrupted build continues, and other settings are refused. The
+manifest is the kit's (:func:`thrifty.server.kit.artifacts.write_manifest`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import platform
 import shutil
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from thrifty.budgeter.world.chains import Chain, build_chains
 from thrifty.budgeter.world.evaluate import TurnResult
 from thrifty.budgeter.world.report import figure
 from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
 from thrifty.router.eval_log import EvalRecord, write_eval_log
-from thrifty.server.artifacts import sha256, write_text_atomic
-
-if TYPE_CHECKING:
-    from thrifty.server.backends.launcher import VllmProcess
+from thrifty.server.kit.artifacts import sha256, write_manifest, write_text_atomic
+from thrifty.server.kit.jobs import Job, JobError, StageContext
+from thrifty.server.kit.vllm import VllmServer
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ def _minutes(seconds: Any) -> str:
     return figure(seconds / 60 if isinstance(seconds, int | float) else None, ".1f")
 
 
-class BuildError(RuntimeError):
+class BuildError(JobError):
     """The build cannot go on; the message says what to do."""
 
 
@@ -109,40 +107,11 @@ class WorldBuild:
             raise BuildError(f"unknown solver(s) {', '.join(unknown)}; known: {', '.join(self.spec.solvers)}")
         self.names = names
         self.settings = {"mode": options.mode, "seed": options.seed, "solvers": list(names)}
-
-    # --- bookkeeping -------------------------------------------------------------------------------
-
-    @property
-    def _state_path(self) -> Path:
-        return self.out / "state.json"
-
-    def _state(self) -> dict[str, Any]:
-        if self._state_path.exists():
-            state: dict[str, Any] = json.loads(self._state_path.read_text())
-            if state["settings"] != self.settings:
-                raise BuildError(
-                    f"{self.out} holds a build with other settings ({state['settings']}); "
-                    "use another --out folder, or --fresh to start over"
-                )
-            return state
-        return {"settings": self.settings, "done": {}}
-
-    def _stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        state = self._state()
-        if name in state["done"]:
-            logger.info("%s: already done", name)
-            return dict(state["done"][name])
-        started = time.monotonic()
-        record = run()
-        record["seconds"] = round(time.monotonic() - started, 1)
-        state = self._state()
-        state["done"][name] = record
-        write_text_atomic(self._state_path, json.dumps(state, indent=1))
-        return record
+        self.job = Job(self.out, kind="world build", settings=self.settings, progress=options.progress)
 
     # --- stages ------------------------------------------------------------------------------------
 
-    def _data(self) -> dict[str, Any]:
+    def _data(self, context: StageContext) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         for split, file_name in SPLITS.items():
             source = self.options.data_dir / file_name
@@ -164,7 +133,7 @@ class WorldBuild:
         write_text_atomic(self.out / "data" / "stats.json", json.dumps(stats, indent=1))
         return stats
 
-    def _train(self, name: str) -> dict[str, Any]:
+    def _train(self, name: str, context: StageContext) -> dict[str, Any]:
         from thrifty.budgeter.world.training import train_solver
 
         chains = read_chains(self.out / "data" / "train.jsonl")
@@ -178,22 +147,23 @@ class WorldBuild:
             chains,
             folder,
             self.options.seed,
-            progress_bar=self.options.progress,
+            progress_bar=context.show_progress,
+            checkpoint=context.checkpoint,
         )
         record.pop("losses")
         return record
 
-    def _evaluate(self, name: str, servers: dict[str, VllmProcess]) -> dict[str, Any]:
+    def _evaluate(self, name: str, servers: dict[str, VllmServer], context: StageContext) -> dict[str, Any]:
         from thrifty.budgeter.world.evaluate import evaluate_served
 
         chains = read_chains(self.out / "data" / "test.jsonl")[: self.evaluation.problems]
         results = evaluate_served(
-            servers[name], self.spec.solvers[name], chains, self.evaluation.budgets, progress=self.options.progress
+            servers[name], self.spec.solvers[name], chains, self.evaluation.budgets, progress=context.show_progress
         )
         write_text_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
         return {"records": len(results)}
 
-    def _report(self) -> dict[str, Any]:
+    def _report(self, context: StageContext) -> dict[str, Any]:
         from thrifty.budgeter.world.report import plot, results_page, summarize
 
         results = {name: read_results(self.out / "eval" / f"{name}.jsonl") for name in self.names}
@@ -201,7 +171,7 @@ class WorldBuild:
         training = {
             name: json.loads((self.out / "solvers" / name / "training.json").read_text()) for name in self.names
         }
-        done = self._state()["done"]
+        done = self.job.done()
         folder = self.out / "report"
         folder.mkdir(parents=True, exist_ok=True)
         plots = plot(summaries, folder)
@@ -262,32 +232,27 @@ class WorldBuild:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "manifest.json").unlink(missing_ok=True)
-        records: dict[str, Any] = {"data": self._stage("data", self._data)}
+        records: dict[str, Any] = {"data": self.job.stage("data", self._data)}
         for name in self.names:
-            records[f"train:{name}"] = self._stage(f"train:{name}", functools.partial(self._train, name))
+            records[f"train:{name}"] = self.job.stage(f"train:{name}", lambda c, n=name: self._train(n, c))
         records |= self._evaluate_all()
-        records["report"] = self._stage("report", self._report)
-        manifest = self._manifest(records)
-        write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1))
-        return manifest
+        records["report"] = self.job.stage("report", self._report)
+        return self._write_manifest(records)
 
     def _evaluate_all(self) -> dict[str, Any]:
         from thrifty.budgeter.world.evaluate import serving
 
-        done = self._state()["done"]
+        done = self.job.done()
         pending = {n: (self.out / "solvers" / n, self.spec.solvers[n]) for n in self.names if f"eval:{n}" not in done}
         records = {}
         with serving(pending, self.out) as servers:
             for name in self.names:
-                records[f"eval:{name}"] = self._stage(f"eval:{name}", functools.partial(self._evaluate, name, servers))
+                records[f"eval:{name}"] = self.job.stage(
+                    f"eval:{name}", lambda c, n=name: self._evaluate(n, servers, c)
+                )
         return records
 
-    def _files(self, folder: Path) -> Iterator[tuple[str, str]]:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                yield str(path.relative_to(self.out)), sha256(path)
-
-    def _manifest(self, records: dict[str, Any]) -> dict[str, Any]:
+    def _write_manifest(self, records: dict[str, Any]) -> dict[str, Any]:
         summary = json.loads((self.out / "report" / "summary.json").read_text())
         solvers = {}
         for name in self.names:
@@ -298,28 +263,27 @@ class WorldBuild:
                 "price_per_million_tokens": spec.price,
                 "training": records[f"train:{name}"],
             }
-        return {
-            "kind": KIND,
-            "version": VERSION,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "settings": self.settings,
-            "inputs": {
+        return write_manifest(
+            self.out,
+            KIND,
+            VERSION,
+            inputs={
                 split: {"path": records["data"][split]["source"], "sha256": records["data"][split]["sha256"]}
                 for split in SPLITS
             }
             | {"solvers.yaml": {"path": str(SPEC_FILE), "sha256": sha256(SPEC_FILE)}},
-            "training_plan": self.plan.to_json(),
-            "evaluation_plan": {"problems": self.evaluation.problems, "budgets": list(self.evaluation.budgets)},
-            "data": {split: {k: v for k, v in records["data"][split].items() if k != "sha256"} for split in SPLITS},
-            "solvers": solvers,
-            "metrics": summary,
-            "files": dict(
-                item for folder in ("data", "solvers", "eval", "report") for item in self._files(self.out / folder)
-            ),
-        }
+            metrics=summary,
+            under=("data", "solvers", "eval", "report"),
+            settings=self.settings,
+            training_plan=self.plan.to_json(),
+            evaluation_plan={"problems": self.evaluation.problems, "budgets": list(self.evaluation.budgets)},
+            data={split: {k: v for k, v in records["data"][split].items() if k != "sha256"} for split in SPLITS},
+            solvers=solvers,
+        )
 
 
 def build_world(options: BuildOptions, fresh: bool = False) -> dict[str, Any]:
-    if fresh and options.out.exists():
-        shutil.rmtree(options.out)
-    return WorldBuild(options).run()
+    build = WorldBuild(options)
+    if fresh:
+        build.job.fresh()
+    return build.run()

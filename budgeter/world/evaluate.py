@@ -1,6 +1,6 @@
 """Evaluate solvers through vLLM: accuracy per turn as a function of the thinking budget.
 
-Each solver is served by its own vLLM CPU process (thrifty's launcher, DeepSeek-R1 reasoning parser),
+Each solver is served by its own vLLM CPU process (the kit's vLLM server, DeepSeek-R1 reasoning parser),
 and every test turn is asked once per budget with ``thinking_token_budget`` set, greedy decoding, and
 the gold history (earlier turns' correct answers). A problem is solved when all its turns are: with all
 earlier turns right the gold history *is* the model's own, so that equals solving it turn by turn.
@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -22,10 +22,7 @@ from thrifty.budgeter.world.chains import Chain
 from thrifty.budgeter.world.chat_format import messages_for
 from thrifty.budgeter.world.solvers import SolverSpec
 from thrifty.budgeter.world.verify import verify
-
-if TYPE_CHECKING:
-    from thrifty.server.backends.launcher import VllmProcess
-    from thrifty.server.config import BackendConfig
+from thrifty.server.kit.vllm import VllmLaunch, VllmServer, free_port, vllm_python
 
 ANSWER_ALLOWANCE = 24  # tokens after </think>: a number and <|im_end|>
 UNLIMITED_THINKING = 640  # more than the longest scratchpad in GSM8K (≈ 400 bytes)
@@ -154,45 +151,39 @@ async def ask_all(
     return sorted(results, key=lambda r: (r.budget is None, r.budget or 0, r.problem, r.turn))
 
 
-def solver_backend(folder: Path, spec: SolverSpec) -> BackendConfig:
-    """How thrifty's launcher serves a solver folder: DeepSeek-R1's reasoning parser, float32 like training."""
-    from thrifty.server.backends.launcher import free_port
-    from thrifty.server.config import BackendConfig, LaunchConfig, Price
-
-    return BackendConfig(
-        name=spec.name,
-        model=spec.name,
-        reasoning=True,
-        price=Price(input=spec.price["input"], output=spec.price["output"]),
-        context_length=2048,
-        launch=LaunchConfig(
-            model_path=str(folder),
-            port=free_port(),
-            reasoning_parser="deepseek_r1",
-            dtype="float32",
-            max_model_len=2048,
-            startup_timeout_s=600,
-        ),
+def solver_launch(folder: Path, spec: SolverSpec) -> VllmLaunch:
+    """How a solver folder is served: DeepSeek-R1's reasoning parser, float32 like training."""
+    return VllmLaunch(
+        name=f"solver {spec.name}",
+        model=folder,
+        served_name=spec.name,
+        port=free_port(),
+        python=vllm_python(),
+        reasoning_parser="deepseek_r1",
+        dtype="float32",
+        max_model_len=2048,
+        startup_timeout_s=600,
     )
 
 
 @contextlib.contextmanager
-def serving(folders: dict[str, tuple[Path, SolverSpec]], work_dir: Path) -> Iterator[dict[str, VllmProcess]]:
+def serving(folders: dict[str, tuple[Path, SolverSpec]], work_dir: Path) -> Iterator[dict[str, VllmServer]]:
     """Start a vLLM process per solver all at once (start-up dominates small evaluations); stop them all."""
-    from thrifty.server.backends.launcher import VllmProcess
-
-    processes = {name: VllmProcess(solver_backend(folder, spec), work_dir) for name, (folder, spec) in folders.items()}
+    servers = {
+        name: VllmServer(solver_launch(folder, spec), work_dir / "logs" / f"{name}.log")
+        for name, (folder, spec) in folders.items()
+    }
     try:
-        for process in processes.values():
-            process.start()
-        yield processes
+        for server in servers.values():
+            server.start()
+        yield servers
     finally:
-        for process in processes.values():
-            process.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def evaluate_served(
-    process: VllmProcess,
+    process: VllmServer,
     spec: SolverSpec,
     chains: Sequence[Chain],
     budgets: Sequence[int | None],
@@ -201,7 +192,7 @@ def evaluate_served(
     """Wait for the solver's server, ask every turn at every budget, then stop the server."""
     process.wait_ready()  # raises LaunchError with the end of vLLM's log if it cannot start
     try:
-        return asyncio.run(ask_all(process.backend.base_url, spec, chains, budgets, progress=progress))
+        return asyncio.run(ask_all(process.base_url, spec, chains, budgets, progress=progress))
     except EvaluationError as exc:
         state = process.process.poll() if process.process is not None else None
         status = "still running" if state is None else f"exited with code {state}"

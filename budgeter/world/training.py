@@ -34,6 +34,7 @@ from thrifty.budgeter.world.chat_format import (
     render_prompt,
 )
 from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan
+from thrifty.server.kit.artifacts import swap_in
 
 if TYPE_CHECKING:
     import torch
@@ -165,11 +166,7 @@ def _save_checkpoint(
     model.save_pretrained(partial)
     _save_optimizer(optimizer, partial)
     (partial / "progress.json").write_text(json.dumps(progress))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    partial.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(partial, folder)
 
 
 def train_solver(
@@ -180,8 +177,11 @@ def train_solver(
     seed: int,
     progress_bar: bool = True,
     stop_at: int | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` into ``out`` (a Hugging Face folder) and return its training record.
+
+    ``checkpoint``: where to keep the resumable state (default: beside ``out``); a job passes its stage's.
 
     ``stop_at``: checkpoint and raise :class:`TrainingInterrupted` once that many steps are done, as
     if the job had been killed there (tests use it to check that a resumed run matches a straight one).
@@ -197,7 +197,7 @@ def train_solver(
     if not isinstance(think_end, int):
         raise TypeError("the tokenizer has no single </think> token")
     config = spec.model_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    checkpoint = out.with_name(out.name + "." + CHECKPOINT)
+    checkpoint = checkpoint or out.with_name(out.name + "." + CHECKPOINT)
     progress: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "losses": []}
     if (checkpoint / "progress.json").exists():
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)

@@ -22,7 +22,7 @@ from thrifty.router.embedding import Embedder, cached_encode, load_embedder
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
-from thrifty.server.artifacts import sha256
+from thrifty.server.kit.artifacts import sha256
 
 TRAIN_LOG = "train.jsonl"
 VALIDATION_LOG = "validation.jsonl"

@@ -24,6 +24,7 @@ from thrifty.budgeter.world.training import (
     make_examples,
     train_solver,
 )
+from thrifty.server.kit.jobs import JobError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multiturn"
 TINY = SolverSpec("tiny", "qwen3", hidden=64, layers=1, heads=1, kv_heads=1, intermediate=96)
@@ -142,12 +143,13 @@ def test_build_refuses_unknown_solvers_and_other_settings(tmp_path: Path) -> Non
     with pytest.raises(BuildError, match="unknown solver"):
         WorldBuild(BuildOptions(DATA, tmp_path, solvers=("nope",)))
     first = WorldBuild(BuildOptions(DATA, tmp_path, quick=True))
-    first._stage("data", first._data)
+    first.job.stage("data", first._data)
     assert (tmp_path / "data" / "test.jsonl").exists()
-    with pytest.raises(BuildError, match="other settings"):
-        WorldBuild(BuildOptions(DATA, tmp_path, quick=True, seed=9))._state()
+    with pytest.raises(JobError, match="other settings"):
+        WorldBuild(BuildOptions(DATA, tmp_path, quick=True, seed=9)).job.state()
+    other = WorldBuild(BuildOptions(tmp_path / "nowhere", tmp_path / "other", quick=True))
     with pytest.raises(BuildError, match="is missing"):
-        WorldBuild(BuildOptions(tmp_path / "nowhere", tmp_path / "other", quick=True))._data()
+        other.job.stage("data", other._data)
 
 
 def test_example_config_uses_the_solver_prices() -> None:

@@ -24,7 +24,7 @@ from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY,
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
-from thrifty.server.artifacts import sha256
+from thrifty.server.kit.artifacts import sha256
 
 pytestmark = pytest.mark.integration
 
