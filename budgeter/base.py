@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from thrifty.server.kit.reload import NothingToReload
+
 
 class TurnRecord(Protocol):
     """A finished turn of the session, as the gateway records it."""
@@ -56,6 +58,14 @@ class Budgeter(ABC):
     """Base class of thinking-budget policies."""
 
     name: ClassVar[str]
+
+    def status(self) -> dict[str, Any]:
+        """What the admin endpoint shows about the policy (the kit's Reloadable protocol)."""
+        return {}
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the policy's artifact again (policies backed by one); the new status."""
+        raise NothingToReload(f"budgeter '{self.name}' has no artifact to reload")
 
     async def assign(self, request: BudgetRequest) -> int | None:
         """The policy's budget, never more than what is left of the session's total budget."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -27,6 +27,9 @@ class StaticBudgeter(Budgeter):
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ValueError("the static budgeter needs 'budget', an integer >= 0")
         self.budget = budget
+
+    def status(self) -> dict[str, Any]:
+        return {"budget": self.budget}
 
     async def decide(self, request: BudgetRequest) -> int | None:
         return self.budget

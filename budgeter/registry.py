@@ -13,6 +13,7 @@ BUDGETERS: Registry[Budgeter] = Registry(
     {
         "none": "thrifty.budgeter.builtin:NoBudgeter",
         "static": "thrifty.budgeter.builtin:StaticBudgeter",
+        "table": "thrifty.budgeter.table:TableBudgeter",
     },
 )
 

@@ -5,12 +5,12 @@ from thrifty.router.base import (
     InvalidRouting,
     ModelCandidate,
     NoRoute,
-    NothingToReload,
     Router,
     RoutingDecision,
     RoutingRequest,
 )
 from thrifty.router.registry import ROUTERS, build_router
+from thrifty.server.kit.reload import NothingToReload
 
 __all__ = [
     "AUTO",

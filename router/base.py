@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from thrifty.server.kit.reload import NothingToReload
+
 AUTO = "auto"  # the virtual model that asks the router
 
 
@@ -25,10 +27,6 @@ class InvalidRouting(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
-
-
-class NothingToReload(Exception):
-    """The router has no artifact to read again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +69,8 @@ class Router(ABC):
         return (AUTO,)
 
     def status(self) -> dict[str, Any]:
-        """What the admin endpoint shows about the policy."""
-        return {}
+        """What the admin endpoint shows about the policy (the kit's Reloadable protocol)."""
+        return {"virtual_models": list(self.virtual_models)}
 
     async def reload(self) -> dict[str, Any]:
         """Read the policy's artifact again (learned routers); the new status."""

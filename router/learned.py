@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.router.embedding import Embedder
+from thrifty.server.kit.reload import ArtifactSlot
 
 LAMBDA_HEADER = "x-thrifty-lambda"
 MAX_QUERY_CHARS = 4000  # the embedder reads at most 256 tokens; the request's end is what it is asked
@@ -32,33 +32,29 @@ MAX_QUERY_CHARS = 4000  # the embedder reads at most 256 tokens; the request's e
 
 @dataclass(frozen=True)
 class Loaded:
-    folder: Path
+    """An artifact read, checked and ready to predict."""
+
     artifact: RouterArtifact
     embedder: Embedder
     predictor: Predictor
     column: dict[str, int]
-    loaded_at: float
 
     @classmethod
     def read(cls, folder: Path) -> Loaded:
         artifact = load_artifact(folder)
         embedder = artifact_embedder(folder, artifact)
         return cls(
-            folder,
             artifact,
             embedder,
             artifact.checked_predictor(embedder.dim),
             {m: j for j, m in enumerate(artifact.models)},
-            time.time(),
         )
 
     def describe(self) -> dict[str, Any]:
         return {
-            "artifact": str(self.folder),
             "family": self.artifact.family,
             "models": list(self.artifact.models),
             "embedder": self.artifact.embedder["kind"],
-            "loaded_at": self.loaded_at,
         }
 
 
@@ -124,12 +120,10 @@ class LearnedRouter(Router):
         chosen = settings.presets if settings.presets is not None else DEFAULT_PRESETS
         self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in chosen.items()}
         self._virtual_models = (AUTO, *self.presets)
-        self.folder = Path(artifact)
         try:
-            self._loaded = Loaded.read(self.folder)
+            self._slot = ArtifactSlot(Path(artifact), Loaded.read)
         except (OSError, ValueError) as exc:  # ArtifactError and EmbedderMismatch are ValueErrors
-            raise ValueError(f"router artifact {self.folder}: {exc}") from None
-        self._reload_lock = asyncio.Lock()
+            raise ValueError(f"router artifact {artifact}: {exc}") from None
 
     @property
     def virtual_models(self) -> tuple[str, ...]:
@@ -137,16 +131,19 @@ class LearnedRouter(Router):
 
     @property
     def loaded(self) -> Loaded:
-        return self._loaded
+        return self._slot.current
 
     def status(self) -> dict[str, Any]:
-        return self._loaded.describe() | {"lambda": self.default_lambda, "presets": self.presets}
+        return (
+            super().status()
+            | self._slot.describe()
+            | self._slot.current.describe()
+            | {"lambda": self.default_lambda, "presets": self.presets}
+        )
 
     async def reload(self) -> dict[str, Any]:
         """Read the artifact folder again; swap only once the new one is complete and checked."""
-        async with self._reload_lock:
-            fresh = await asyncio.to_thread(Loaded.read, self.folder)
-            self._loaded = fresh
+        await self._slot.reload()
         return self.status()
 
     def _lambda(self, request: RoutingRequest) -> float:
@@ -162,7 +159,7 @@ class LearnedRouter(Router):
 
     async def choose(self, request: RoutingRequest, candidates: Sequence[ModelCandidate]) -> RoutingDecision:
         lam = self._lambda(request)
-        loaded = self._loaded  # one artifact for the whole decision, even if a reload lands meanwhile
+        loaded = self._slot.current  # one artifact for the whole decision, even if a reload lands meanwhile
         usable = [c.name for c in candidates if c.name in loaded.column]
         if not usable:
             raise NoRoute("none of the models the router was trained for has a healthy backend")

@@ -7,9 +7,8 @@ import contextlib
 import inspect
 import logging
 import os
-import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from thrifty.budgeter import build_budgeter
-from thrifty.router import NothingToReload, Router, build_router
+from thrifty.router import Router, build_router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import BackendPool
@@ -42,7 +41,7 @@ from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes
 from thrifty.server.ops import api_router as ops_routes
-from thrifty.server.ops.api_router import reload_router
+from thrifty.server.ops.reload import StageReloader
 from thrifty.server.pipeline import Pipeline, error_response
 from thrifty.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from thrifty.server.redis_link import RedisLink
@@ -61,38 +60,6 @@ def _models_body(pool: BackendPool, router: Router) -> bytes:
     names = [*pool.models, *router.virtual_models]
     data = [{"id": m, "object": "model", "created": created, "owned_by": "thrifty"} for m in names]
     return orjson.dumps({"object": "list", "data": data})
-
-
-def _reload_on_sighup(router: Router, metrics: GatewayMetrics) -> Callable[[], None]:
-    """SIGHUP reloads the router (where the loop can take signals); returns the undo."""
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[Any]] = set()
-
-    async def reload() -> None:
-        try:
-            await reload_router(router, metrics)
-        except NothingToReload as exc:
-            logger.warning("SIGHUP: %s", exc)
-        except (OSError, ValueError) as exc:  # a missing, torn, malformed or mismatched artifact
-            logger.error("SIGHUP: router reload failed, still serving the previous artifact: %s", exc)
-        except Exception:
-            # A bug in a router's reload: still one record, and the task never ends with an error nobody reads.
-            logger.exception("SIGHUP: router reload failed unexpectedly, still serving the previous artifact")
-
-    def on_signal() -> None:
-        task = loop.create_task(reload())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    try:
-        loop.add_signal_handler(signal.SIGHUP, on_signal)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
-        return lambda: None
-
-    def undo() -> None:
-        loop.remove_signal_handler(signal.SIGHUP)
-
-    return undo
 
 
 def _stores(config: GatewayConfig, metrics: GatewayMetrics) -> tuple[SessionStore, RateLimiter, RedisLink | None]:
@@ -128,6 +95,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
         drain = Drain(config.server.graceful_shutdown_s)
         pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access, drain)
         limit = config.limits.max_body_bytes
+        reloader = StageReloader({"router": router, "budgeter": budgeter}, metrics)
         app.state.gateway = GatewayState(
             pool=pool,
             metrics=metrics,
@@ -136,10 +104,10 @@ def build_app(config: GatewayConfig) -> FastAPI:
             chat=chat_serving(pipeline, limit),
             completions=completion_serving(pipeline, limit),
             models_body=_models_body(pool, router),
-            router=router,
+            reloader=reloader,
             drain=drain,
         )
-        hangup = _reload_on_sighup(router, metrics)
+        hangup = reloader.on_sighup()
         termination = start_on_termination(drain)
         await pool.check_health(session)
         checker = asyncio.create_task(pool.run_health_checks(session), name="thrifty-health")

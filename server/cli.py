@@ -42,6 +42,8 @@ train_app = typer.Typer(help="Offline training jobs that export artifacts the ga
 app.add_typer(train_app, name="train")
 router_app = typer.Typer(help="Router artifacts: embedders and models added after training.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
+budgeter_app = typer.Typer(help="Budget-policy artifacts.", no_args_is_help=True)
+app.add_typer(budgeter_app, name="budgeter")
 
 
 def _version(value: bool) -> None:
@@ -255,6 +257,40 @@ def router_add_model(
     except (OSError, ValueError, EvalLogError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"router artifact: {path} (now also routes to '{model}')")
+
+
+def _budget(text: str) -> int | None:
+    if text.lower() in ("none", "null", "unlimited"):
+        return None
+    if not text.isdigit():
+        raise _fail(f"a budget is a whole number ≥ 0 or 'none', not '{text}'")
+    return int(text)
+
+
+@budgeter_app.command("table")
+def budgeter_table(
+    out: Annotated[Path, typer.Option("--out", help="artifact folder to write")],
+    default: Annotated[str, typer.Option(help="budget when nothing else applies ('none': no limit)")] = "none",
+    model: Annotated[list[str] | None, typer.Option("--model", help="NAME=BUDGET for one model; repeatable")] = None,
+    turn: Annotated[
+        list[str] | None, typer.Option("--turn", help="budget of the next turn index (first, second, …); repeatable")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="swap out the table at --out (then reload the gateway)")] = False,
+) -> None:
+    """Write a budget table (the `table` budgeter's artifact): budgets per model and per turn."""
+    from thrifty.budgeter.table import write_table
+
+    models = {}
+    for entry in model or []:
+        name, sep, value = entry.partition("=")
+        if not sep or not name:
+            raise _fail(f"--model takes NAME=BUDGET, not '{entry}'")
+        models[name] = _budget(value)
+    try:
+        path = write_table(out, _budget(default), models, [_budget(t) for t in turn or []], replace=replace)
+    except FileExistsError as exc:
+        raise _fail(f"{exc}; pass --replace to swap it out") from None
+    typer.echo(f"budget table: {path}")
 
 
 def _is_loopback(host: str) -> bool:

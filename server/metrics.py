@@ -28,6 +28,8 @@ _ACCURACY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _COST_BUCKETS = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1)
 _BUDGET_BUCKETS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
+# The request path's stages that may be backed by an artifact (reloadable).
+STAGES = ("router", "budgeter")
 # Labels used when a request fails before a model or backend is known.
 NO_MODEL = "none"
 NO_BACKEND = "none"
@@ -105,12 +107,15 @@ class GatewayMetrics:
             buckets=_COST_BUCKETS,
             registry=r,
         )
-        self.router_reloads = Counter(
-            "thrifty_router_reloads_total",
-            "Reloads of the router's artifact, by outcome (ok, failed).",
-            ["outcome"],
-            registry=r,
-        )
+        self.reloads = {
+            stage: Counter(
+                f"thrifty_{stage}_reloads_total",
+                f"Reloads of the {stage}'s artifact, by outcome (ok, failed).",
+                ["outcome"],
+                registry=r,
+            )
+            for stage in STAGES
+        }
         self.thinking_budget = Histogram(
             "thrifty_thinking_budget_tokens",
             "Thinking budgets assigned, by policy and model.",

@@ -9,7 +9,6 @@ gateway starts, not when its config is checked.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,9 +44,17 @@ def plain_message(error: Any) -> str:
     return plain(error) if plain is not None else str(error["msg"]).removeprefix("Value error, ")
 
 
-@functools.cache
+_MODELS: dict[type, type[BaseModel]] = {}
+
+
 def options_model(cls: type) -> type[BaseModel]:
     """The schema of ``cls``'s options: its ``Options`` model, or one derived from ``__init__``."""
+    if cls not in _MODELS:
+        _MODELS[cls] = _derive(cls)
+    return _MODELS[cls]
+
+
+def _derive(cls: type) -> type[BaseModel]:
     declared = cls.__dict__.get("Options")
     if isinstance(declared, type) and issubclass(declared, BaseModel):
         return declared

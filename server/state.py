@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from thrifty.router import Router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends.pool import BackendPool
 from thrifty.server.drain import Drain
 from thrifty.server.metrics import GatewayMetrics
+from thrifty.server.ops.reload import StageReloader
 from thrifty.server.serving import CompletionServing
 from thrifty.server.sessions.manager import SessionManager
 
@@ -24,7 +24,7 @@ class GatewayState:
     chat: CompletionServing
     completions: CompletionServing
     models_body: bytes
-    router: Router
+    reloader: StageReloader
     drain: Drain
 
 

@@ -17,6 +17,7 @@ manifest is the kit's (:func:`thrifty.server.kit.artifacts.write_manifest`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -234,7 +235,7 @@ class WorldBuild:
         (self.out / "manifest.json").unlink(missing_ok=True)
         records: dict[str, Any] = {"data": self.job.stage("data", self._data)}
         for name in self.names:
-            records[f"train:{name}"] = self.job.stage(f"train:{name}", lambda c, n=name: self._train(n, c))
+            records[f"train:{name}"] = self.job.stage(f"train:{name}", functools.partial(self._train, name))
         records |= self._evaluate_all()
         records["report"] = self.job.stage("report", self._report)
         return self._write_manifest(records)
@@ -248,7 +249,7 @@ class WorldBuild:
         with serving(pending, self.out) as servers:
             for name in self.names:
                 records[f"eval:{name}"] = self.job.stage(
-                    f"eval:{name}", lambda c, n=name: self._evaluate(n, servers, c)
+                    f"eval:{name}", functools.partial(self._evaluate, name, servers)
                 )
         return records
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 Stage = TypeVar("Stage")
 
@@ -17,7 +17,8 @@ Stage = TypeVar("Stage")
 class Registry(Generic[Stage]):
     """The implementations of one stage (routers, budgeters, …), each a subclass of ``base``."""
 
-    def __init__(self, kind: str, base: type[Stage], entries: Mapping[str, str]) -> None:
+    # ``base`` is a plain ``type``: stage bases are abstract classes, which ``type[Stage]`` would refuse.
+    def __init__(self, kind: str, base: type, entries: Mapping[str, str]) -> None:
         self.kind = kind
         self.base = base
         self.entries = dict(entries)
@@ -39,7 +40,7 @@ class Registry(Generic[Stage]):
         cls = getattr(importlib.import_module(module), attr)
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise TypeError(f"{self.entries[name]} is not a {self.base.__name__}")
-        return cls
+        return cast(type[Stage], cls)
 
     def build(self, name: str, options: Mapping[str, Any]) -> Stage:
         """An instance; a ValueError names the problem (unknown name, options the class refuses)."""

@@ -1,9 +1,10 @@
 """Operational endpoints: ``/health`` (the process is alive), ``/ready`` (a backend is healthy), ``/metrics``,
-and the router's admin endpoints: ``GET /admin/router`` (what is loaded) and ``POST /admin/router/reload``
-(read the artifact again; the previous one keeps serving if the new one is broken). With API keys
-configured, admin endpoints need a key with ``admin: true``.
+and the stages' admin endpoints, one route for each of the router and the budgeter:
+``GET /admin/{stage}`` (what is loaded) and ``POST /admin/{stage}/reload`` (read its artifact again; the
+previous one keeps serving if the new one is broken). With API keys configured, admin endpoints need a
+key with ``admin: true``.
 
-With several workers (``server.workers``), each worker holds its own router: send SIGHUP to ``thrifty
+With several workers (``server.workers``), each worker holds its own stages: send SIGHUP to ``thrifty
 serve`` instead, which restarts the workers gracefully, one after another.
 """
 
@@ -16,9 +17,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
-from thrifty.router import NothingToReload, Router
-from thrifty.server.errors import BackendUnavailable, Conflict, UnprocessableArtifact
-from thrifty.server.metrics import GatewayMetrics
+from thrifty.server.errors import BackendUnavailable, Conflict, RouteNotFound, UnprocessableArtifact
+from thrifty.server.kit.reload import NothingToReload
+from thrifty.server.metrics import STAGES
 from thrifty.server.pipeline import error_response
 from thrifty.server.state import gateway_state
 
@@ -47,44 +48,34 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-async def reload_router(router: Router, metrics: GatewayMetrics) -> dict[str, Any]:
-    """Read the router's artifact again; on failure the previous one keeps serving."""
-    try:
-        status = await router.reload()
-    except NothingToReload:
-        raise
-    except Exception:
-        metrics.router_reloads.labels("failed").inc()
-        raise
-    metrics.router_reloads.labels("ok").inc()
-    logger.info("router reloaded: %s", status)
-    return status
-
-
 def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-@router.get("/admin/router", response_model=None)
-async def router_status(request: Request) -> Response:
+def _stage(request: Request, kind: str) -> str:
+    if kind not in STAGES:
+        raise RouteNotFound(f"no route {request.method} {request.url.path} (stages: {', '.join(STAGES)})")
+    return kind
+
+
+@router.get("/admin/{kind}", response_model=None)
+async def stage_status(kind: str, request: Request) -> Response:
     state = gateway_state(request)
     state.access.identify_admin(request.headers)
-    return _json(
-        {"policy": state.router.name, "virtual_models": list(state.router.virtual_models)} | state.router.status()
-    )
+    return _json(state.reloader.status(_stage(request, kind)))
 
 
-@router.post("/admin/router/reload", response_model=None)
-async def router_reload(request: Request) -> Response:
+@router.post("/admin/{kind}/reload", response_model=None)
+async def stage_reload(kind: str, request: Request) -> Response:
     state = gateway_state(request)
     state.access.identify_admin(request.headers)
     try:
-        status = await reload_router(state.router, state.metrics)
+        status = await state.reloader.reload(_stage(request, kind))
     except NothingToReload as exc:
         return error_response(Conflict(str(exc)))
-    except (OSError, ValueError) as exc:  # a missing, torn or mismatched artifact
+    except (OSError, ValueError) as exc:  # a missing, torn, malformed or mismatched artifact
         return error_response(UnprocessableArtifact(f"reload failed; still serving the previous artifact: {exc}"))
-    return _json({"status": "reloaded", "policy": state.router.name} | status)
+    return _json({"status": "reloaded"} | status)
 
 
 def attach_router(app: FastAPI) -> None:
