@@ -24,10 +24,12 @@ from thrifty.router import Router, build_router
 from thrifty.server.access import AccessControl
 from thrifty.server.backends import client
 from thrifty.server.backends.pool import BackendPool
+from thrifty.server.budgeting import BudgetStage
 from thrifty.server.chat import api_router as chat_routes
 from thrifty.server.chat.serving import chat_serving
 from thrifty.server.completions import api_router as completion_routes
 from thrifty.server.completions.serving import completion_serving
+from thrifty.server.conclude import Conclusion
 from thrifty.server.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -37,14 +39,18 @@ from thrifty.server.config import (
     load_config,
 )
 from thrifty.server.drain import Drain, start_on_termination
-from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound
+from thrifty.server.errors import GatewayError, InvalidRequest, MethodNotAllowed, RouteNotFound, error_response
+from thrifty.server.forward import Forwarder
 from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.models import api_router as model_routes
 from thrifty.server.ops import api_router as ops_routes
 from thrifty.server.ops.reload import StageReloader
-from thrifty.server.pipeline import Pipeline, error_response
+from thrifty.server.outcome import Outcomes
+from thrifty.server.pipeline import Pipeline
 from thrifty.server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from thrifty.server.redis_link import RedisLink
+from thrifty.server.relay import Relay
+from thrifty.server.routing import RouteStage
 from thrifty.server.sessions import api_router as session_routes
 from thrifty.server.sessions.manager import SessionManager
 from thrifty.server.sessions.memory import MemorySessionStore
@@ -93,7 +99,18 @@ def build_app(config: GatewayConfig) -> FastAPI:
         sessions = SessionManager(store, config.sessions, metrics)
         access = AccessControl(config.auth, limiter, metrics, config.sessions.max_per_key)
         drain = Drain(config.server.graceful_shutdown_s)
-        pipeline = Pipeline(config, pool, router, budgeter, session, metrics, sessions, access, drain)
+        outcomes = Outcomes(metrics, drain)
+        conclude = Conclusion(sessions, access)
+        pipeline = Pipeline(
+            access,
+            sessions,
+            RouteStage(router, pool, metrics),
+            BudgetStage(budgeter, pool, config.limits.answer_tokens, metrics),
+            Forwarder(pool, session, config.limits, config.timeouts, metrics),
+            Relay(pool, outcomes, conclude, config.limits, config.timeouts),
+            conclude,
+            outcomes,
+        )
         limit = config.limits.max_body_bytes
         reloader = StageReloader({"router": router, "budgeter": budgeter}, metrics)
         app.state.gateway = GatewayState(

@@ -1,9 +1,12 @@
-"""The gateway's exceptions and their mapping to OpenAI's error envelope.
+"""The gateway's exceptions and the one mapping to OpenAI's error envelope (:func:`error_response`).
 
     GatewayError                      (500 server_error: a bug, never a client's doing)
     ├── InvalidRequest                (400 invalid_request_error, names the field in ``param``)
     │   └── BodyTooLarge              (413)
     ├── Unauthorized                  (401, missing or unknown API key)
+    ├── Forbidden                     (403, a key without admin rights on an admin endpoint)
+    ├── Conflict                      (409, e.g. reloading a stage that has no artifact)
+    ├── UnprocessableArtifact         (422, a reload refused: the previous artifact keeps serving)
     ├── RateLimited                   (429 with Retry-After: a key's requests or tokens per minute)
     ├── SessionNotFound               (404)
     ├── SessionStoreDown              (503: the session store cannot be reached)
@@ -15,14 +18,17 @@
         ├── BackendUnavailable        (503: no healthy backend, refused connection, open breaker)
         └── BackendTimeout            (504: connect, first-token or total timeout)
 
-Backend (aiohttp) errors are converted to these in exactly one place, ``backends.client``.
+Every backend failure (a transport error, a bad status, a malformed or cut stream) becomes one of these
+in exactly one place, ``backends.client``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 
 class GatewayError(Exception):
@@ -160,3 +166,11 @@ class BackendTimeout(BackendError):
 def sse_error_event(error: GatewayError) -> bytes:
     """A failure after the stream began: one SSE event the openai SDK raises as an APIError."""
     return b"data: " + error.json() + b"\n\n"
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+    """The error as an OpenAI-style JSON response, with the headers it needs (and any given)."""
+    extra = error.headers()
+    if headers:
+        extra.update(headers)
+    return Response(error.json(), status_code=error.status_code, headers=extra, media_type="application/json")

@@ -1,4 +1,5 @@
-"""The HTTP side of the completion endpoints: read the body, validate, run the pipeline, map errors."""
+"""The HTTP side of the completion endpoints: admit the caller, read and validate the body, run the
+pipeline, and answer whatever went wrong (OpenAI error bodies; never Starlette's last-resort 500)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest, ShuttingDown
-from thrifty.server.metrics import NO_BACKEND
-from thrifty.server.pipeline import CLIENT_CLOSED, Endpoint, Pipeline, RequestOutcome, error_response
+from thrifty.server.errors import BodyTooLarge, GatewayError, InvalidRequest, ShuttingDown, error_response
+from thrifty.server.outcome import CLIENT_CLOSED
+from thrifty.server.pipeline import Pipeline
 from thrifty.server.protocol import CompletionFields, parse_body, validate
+from thrifty.server.request import Endpoint, RequestContext
 
 logger = logging.getLogger(__name__)
 
@@ -47,40 +49,37 @@ class CompletionServing:
         self.max_body_bytes = max_body_bytes
 
     async def create(self, request: Request) -> Response:
-        outcome = self.pipeline.begin(time.perf_counter())
+        ctx = self.pipeline.begin(self.endpoint, time.perf_counter())
+        outcomes = self.pipeline.outcomes
         try:
             principal = await self.pipeline.access.admit(request.headers)
             raw = parse_body(await read_body(request, self.max_body_bytes))
             validate(self.wire_model, raw)
-            response = await self.pipeline.run(self.endpoint, raw, request.headers, outcome, principal)
+            response = await self.pipeline.run(ctx, raw, request.headers, principal)
         except GatewayError as exc:
-            return self._refuse(exc, outcome)
+            return self._refuse(exc, ctx)
         except ClientDisconnect:
-            outcome.finish(CLIENT_CLOSED)
+            outcomes.finish(ctx, CLIENT_CLOSED)
             raise
         except asyncio.CancelledError:
-            if not outcome.handle.aborted:
-                outcome.finish(CLIENT_CLOSED)
+            if not ctx.handle.aborted:
+                outcomes.finish(ctx, CLIENT_CLOSED)
                 raise
             # The drain ended this request (graceful shutdown ran out): answer it instead of dying.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return self._refuse(ShuttingDown("the gateway is shutting down; send the request again"), outcome)
+            return self._refuse(ShuttingDown("the gateway is shutting down; send the request again"), ctx)
         except Exception:
             # A bug in the gateway. Answered here rather than by Starlette's last-resort handler, which
             # re-raises and makes uvicorn drop the client's kept-alive connection.
             logger.exception("unhandled error on %s %s", request.method, request.url.path)
-            return self._refuse(GatewayError("the gateway failed unexpectedly; see its logs"), outcome)
+            return self._refuse(GatewayError("the gateway failed unexpectedly; see its logs"), ctx)
         if response.media_type != "text/event-stream":
-            outcome.finish(response.status_code)
+            outcomes.finish(ctx, response.status_code)
         return response
 
-    @staticmethod
-    def _refuse(error: GatewayError, outcome: RequestOutcome) -> Response:
-        outcome.finish(error.status_code)
-        headers = outcome.headers
-        if outcome.backend != NO_BACKEND:
-            headers["x-thrifty-backend"] = outcome.backend
-            headers["x-thrifty-overhead-ms"] = f"{outcome.overhead * 1000:.3f}"
-        return error_response(error, headers or None)
+    def _refuse(self, error: GatewayError, ctx: RequestContext) -> Response:
+        outcomes = self.pipeline.outcomes
+        outcomes.finish(ctx, error.status_code)
+        return error_response(error, outcomes.headers(ctx) or None)

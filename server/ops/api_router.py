@@ -17,10 +17,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
-from thrifty.server.errors import BackendUnavailable, Conflict, RouteNotFound, UnprocessableArtifact
+from thrifty.server.errors import BackendUnavailable, Conflict, RouteNotFound, UnprocessableArtifact, error_response
 from thrifty.server.kit.reload import NothingToReload
 from thrifty.server.metrics import STAGES
-from thrifty.server.pipeline import error_response
 from thrifty.server.state import gateway_state
 
 logger = logging.getLogger(__name__)
