@@ -40,3 +40,36 @@ async def test_a_reload_takes_a_new_table_and_refuses_a_broken_one(tmp_path: Pat
     assert await budgeter.assign(_ask("m")) == 8  # still the last good table
     with pytest.raises(ValueError, match="budget table .*no manifest.json"):
         TableBudgeter(str(tmp_path / "missing"))
+
+
+def test_the_command_writes_a_table_and_replaces_it_only_when_told(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from thrifty.budgeter.table import read_table
+    from thrifty.server.cli import app
+
+    runner = CliRunner()
+    args = [
+        "budgeter",
+        "table",
+        "--out",
+        str(tmp_path / "t"),
+        "--default",
+        "256",
+        "--model",
+        "big=32",
+        "--turn",
+        "none",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    table = read_table(tmp_path / "t")
+    assert table.default == 256 and table.models == {"big": 32} and table.turns == [None]
+    again = runner.invoke(app, ["budgeter", "table", "--out", str(tmp_path / "t"), "--default", "8"])
+    assert again.exit_code == 2 and "--replace" in again.output
+    assert (
+        runner.invoke(app, ["budgeter", "table", "--out", str(tmp_path / "t"), "--default", "8", "--replace"]).exit_code
+        == 0
+    )
+    assert read_table(tmp_path / "t").default == 8
+    bad = runner.invoke(app, ["budgeter", "table", "--out", str(tmp_path / "u"), "--model", "big"])
+    assert bad.exit_code == 2 and "NAME=BUDGET" in bad.output
