@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from thrifty.server.kit.artifacts import sha256
+from thrifty.server.kit.artifacts import ArtifactWriter, sha256
 
 MAX_TOKENS = 256  # MiniLM was trained on sequences this long; longer queries are cut
+EMBEDDER_KIND = "thrifty.embedder"  # a distilled static embedder's folder (model2vec's files + manifest)
+EMBEDDER_VERSION = 1
 
 
 class EmbedderMismatch(ValueError):
@@ -139,13 +140,11 @@ def distill_static(out: Path, pca_dims: int = 256) -> StaticEmbedder:
     """Distil MiniLM into a static embedder under ``out`` (needs the router-training environment)."""
     from model2vec.distill import distill
 
-    if out.exists():
-        raise FileExistsError(f"{out} exists: remove it to distil again")
-    model = distill(model_name=str(minilm_path()), pca_dims=pca_dims)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-    model.save_pretrained(str(staging))
-    staging.replace(out)
+    teacher = MiniLmEmbedder().identity
+    with ArtifactWriter(out, EMBEDDER_KIND, EMBEDDER_VERSION) as writer:  # refuses an existing folder
+        model = distill(model_name=str(minilm_path()), pca_dims=pca_dims)
+        model.save_pretrained(str(writer.staging))
+        writer.commit(inputs={"teacher": teacher}, metrics={"pca_dims": pca_dims})
     return StaticEmbedder(out)
 
 
