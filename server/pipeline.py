@@ -79,6 +79,6 @@ class Pipeline:
         if strip_usage:
             body["stream_options"] = {**options, "include_usage": True}
         opened = await self.forward.stream(ctx, orjson.dumps(body))
-        if isinstance(opened, Answer):
-            return self.relay.refusal(ctx, opened)
+        if isinstance(opened, Answer):  # refused before it began (a prompt too long, say)
+            return await self.relay.answer(ctx, opened)
         return self.relay.stream(ctx, opened, strip_usage)

@@ -46,7 +46,8 @@ class Relay:
         self.timeouts = timeouts
 
     async def answer(self, ctx: RequestContext, answer: Answer) -> Response:
-        """A whole answer: a 200 is read for usage and concludes the request; a 4xx passes through as it is."""
+        """A whole answer: a 200 is read for usage and concludes the request; a 4xx (also a stream's refusal)
+        passes through as it is."""
         received = time.perf_counter()
         if answer.status == 200:
             try:
@@ -60,12 +61,6 @@ class Relay:
             await self.conclude(ctx)
         ctx.overhead += time.perf_counter() - received
         # Backend 4xx answers (a prompt too long for the model, say) reach the client as they are.
-        return Response(
-            answer.data, status_code=answer.status, headers=self.outcomes.headers(ctx), media_type="application/json"
-        )
-
-    def refusal(self, ctx: RequestContext, answer: Answer) -> Response:
-        """A stream the backend refused below 500 (a prompt too long, say): its answer as it came."""
         return Response(
             answer.data, status_code=answer.status, headers=self.outcomes.headers(ctx), media_type="application/json"
         )
