@@ -123,7 +123,7 @@ def world_build(
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
 ) -> None:
-    """Make the chains, train the solvers, evaluate them through vLLM and write the report and manifest."""
+    """Make the chains, train the solvers, measure their outcome tables through vLLM, check them, report."""
     from thrifty.budgeter.world.build import BuildOptions, build_world
     from thrifty.budgeter.world.evaluate import EvaluationError
     from thrifty.budgeter.world.training import TrainingTooSlow
@@ -138,7 +138,7 @@ def world_build(
         manifest = build_world(options, fresh=fresh)
     except (JobError, EvaluationError, LaunchError, TrainingTooSlow) as exc:
         raise _fail(str(exc)) from None
-    for name, metrics in manifest["metrics"].items():
+    for name, metrics in manifest["metrics"]["turns"].items():
         unlimited = metrics.get("none") or next(reversed(metrics.values()))
         typer.echo(
             f"{name}: turn accuracy {unlimited['turn_accuracy']:.3f}, problem accuracy "

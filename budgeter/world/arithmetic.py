@@ -27,6 +27,7 @@ Token = str  # a number literal, a name like "x2", or one of + - * / ( )
 
 _TOKEN = re.compile(r"\s*(?:(\d+\.\d+|\d+|\.\d+)|(x\d+)|([-+*/()]))")
 _PLACES = Decimal("0.01")
+SLIP_STEPS = 6  # a hurried first working slips on an operation of this many digit steps or more
 
 
 class ExpressionError(ValueError):
@@ -119,10 +120,16 @@ def _row(multiplicand: str, digit: int) -> tuple[int, list[str]]:
     return int(multiplicand) * digit, steps
 
 
-def multiply(a: Decimal, b: Decimal) -> tuple[Decimal, list[str]]:
+def multiply(a: Decimal, b: Decimal, other_way: bool = False) -> tuple[Decimal, list[str]]:
+    """Long multiplication: a row per nonzero digit of the shorter factor, then the rows added.
+
+    ``other_way``: the longer factor is the multiplier instead (how a check recomputes a product).
+    """
     places = _decimals(a) + _decimals(b)
     x, y = str(_scaled(a, _decimals(a))), str(_scaled(b, _decimals(b)))
     if len(y) > len(x):  # the shorter number is the multiplier: fewer rows
+        x, y = y, x
+    if other_way:
         x, y = y, x
     steps: list[str] = []
     partials: list[int] = []
@@ -228,22 +235,52 @@ def _is_number(token: Token) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of a worked step: ``line`` is how the scratchpad writes it, ``rest`` the expression
+    left after it (None after the last one)."""
+
+    left: str
+    op: str
+    right: str
+    value: Decimal
+    line: str
+    rest: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Worked:
     value: Decimal
     scratchpad: str
     operations: int  # elementary digit operations: the step's difficulty
     operators: int
+    expression: str = ""  # the first line: the expression with the earlier results substituted
+    steps: tuple[Operation, ...] = ()
+
+    def lines_from(self, index: int) -> list[str]:
+        """The scratchpad's lines from operation ``index`` on (what a redo writes)."""
+        lines: list[str] = []
+        for operation in self.steps[index:]:
+            lines.append(operation.line)
+            if operation.rest is not None:
+                lines.append(operation.rest)
+        return lines
 
 
-def work(expression: list[Token], names: dict[str, Decimal]) -> Worked:
-    """Evaluate an expression with this world's semantics and write its scratchpad."""
+def work(expression: list[Token], names: dict[str, Decimal], slip: bool = False) -> Worked:
+    """Evaluate an expression with this world's semantics and write its scratchpad.
+
+    ``slip``: the hurried first working. Every digit step is still right, but an operation of
+    ``SLIP_STEPS`` or more digit steps gets its result's leading digit one too high (:func:`slipped`);
+    what follows is worked from that wrong value. The difficulty counts are the careful working's.
+    """
     try:
         tokens = [fmt(names[t]) if t.startswith("x") else t for t in expression]
     except KeyError as exc:
         raise ExpressionError(f"unknown name {exc.args[0]}") from exc
     _check_brackets(tokens)
     tokens = _drop_brackets(tokens)
-    lines = ["".join(tokens)]
+    first = "".join(tokens)
+    done: list[Operation] = []
     operations = operators = 0
     while len(tokens) > 1:
         i = _next_operation(tokens)
@@ -251,12 +288,48 @@ def work(expression: list[Token], names: dict[str, Decimal]) -> Worked:
         if i == 0 or not _is_number(left) or not right or not _is_number(right):
             raise ExpressionError(f"malformed expression {''.join(expression)!r}")
         value, steps = OPERATIONS[op](Decimal(left), Decimal(right))
-        operations += sum(1 for s in steps if "=" in s and not s.startswith("="))
+        digit_steps = sum(1 for s in steps if "=" in s and not s.startswith("="))
+        if slip and digit_steps >= SLIP_STEPS:
+            value = slipped(value)
+        operations += digit_steps
         operators += 1
-        lines.append(f"{left}{op}{right}: {' '.join(steps)} ={fmt(value)}")
         tokens = _drop_brackets(tokens[: i - 1] + [fmt(value)] + tokens[i + 2 :])
-        if len(tokens) > 1:
-            lines.append("".join(tokens))
+        line = f"{left}{op}{right}: {' '.join(steps)} ={fmt(value)}"
+        done.append(Operation(left, op, right, value, line, "".join(tokens) if len(tokens) > 1 else None))
     if operators == 0:
         raise ExpressionError("a step must compute something")
-    return Worked(Decimal(tokens[0]), "\n".join(lines), operations, operators)
+    if slip:
+        operations = work(expression, names).operations
+    worked = Worked(Decimal(tokens[0]), "", operations, operators, first, tuple(done))
+    return Worked(worked.value, "\n".join([first, *worked.lines_from(0)]), operations, operators, first, worked.steps)
+
+
+def slipped(value: Decimal) -> Decimal:
+    """The result with its leading digit one too high (a carry counted twice): 240000 → 340000, 0.35 → 1.35."""
+    whole = int(value)
+    return value + (10 ** (len(str(whole)) - 1) if whole else 1)
+
+
+def check(operation: Operation) -> tuple[str, bool]:
+    """A check of one operation's result another way, and whether it agrees.
+
+    A sum is checked by subtracting, a difference by adding back, a product by multiplying the other
+    way round, a quotient by dividing again: ``"72-24: 12-4=8 7-1-2=4 =48 ok"``.
+    """
+    left, right, value = Decimal(operation.left), Decimal(operation.right), operation.value
+    if operation.op == "+":
+        shown, (found, steps), expected = f"{fmt(value)}-{operation.right}", _safe_subtract(value, right), left
+    elif operation.op == "-":
+        shown, (found, steps), expected = f"{fmt(value)}+{operation.right}", add(value, right), left
+    elif operation.op == "*":
+        shown, (found, steps), expected = f"{operation.right}*{operation.left}", multiply(left, right, True), value
+    else:
+        shown, (found, steps), expected = f"{operation.left}/{operation.right}", divide(left, right), value
+    agrees = found == expected
+    return f"{shown}: {' '.join(steps)} ={fmt(found)} {'ok' if agrees else 'no'}", agrees
+
+
+def _safe_subtract(value: Decimal, right: Decimal) -> tuple[Decimal, list[str]]:
+    if value < right:  # only a wrong sum can be smaller than an addend: the check then disagrees
+        return Decimal(-1), [f"{fmt(value)}<{fmt(right)}"]
+    return subtract(value, right)

@@ -1,10 +1,13 @@
-"""``thrifty world build``: data → train each solver → evaluate each through vLLM → report → manifest.
+"""``thrifty world build``: data → train each solver → outcome tables through vLLM → checks → report.
 
 Everything lands in one output folder::
 
     data/{train,test}.jsonl  data/stats.json      the chains, and what was left out of GSM8K and why
     solvers/<name>/                               Hugging Face folders vLLM serves (+ training.json)
-    eval/<name>.jsonl                             one record per (turn, budget)
+    tables/<name>/test.jsonl                      every solver's outcome table on the held-out problems
+    tables/<name>/train.jsonl                     and on training problems, for the solver(s) a policy serves
+    checks/<name>.shortcut.json                   the tables' prefix shortcut against direct vLLM runs
+    checks/<name>.live.json                       the table against the live solver through the gateway
     eval/router_log.jsonl                         the router's evaluation log (format: README, "world")
     report/RESULTS.md, report/*.png, report/summary.json
     manifest.json                                 written last: its presence means the build is complete
@@ -30,7 +33,7 @@ from typing import Any
 
 from thrifty.budgeter.world.chains import Chain, build_chains
 from thrifty.budgeter.world.evaluate import TurnResult
-from thrifty.budgeter.world.report import figure
+from thrifty.budgeter.world.outcomes import OutcomeTable
 from thrifty.budgeter.world.solvers import SPEC_FILE, WorldSpec, load_specs
 from thrifty.router.eval_log import EvalRecord, write_eval_log
 from thrifty.server.kit.artifacts import sha256, write_manifest, write_text_atomic
@@ -40,7 +43,7 @@ from thrifty.server.kit.vllm import VllmServer
 logger = logging.getLogger(__name__)
 
 KIND = "thrifty.world"
-VERSION = 1
+VERSION = 2  # 2: overthinking solvers (checks, slips, redo) and the budget environment's outcome tables
 SPLITS = {"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"}
 
 
@@ -59,10 +62,6 @@ def _turns_by_bucket(summaries: dict[str, Any]) -> str:
     first: dict[str, Any] = next(iter(summaries.values()), {})
     row: dict[str, Any] = next(iter(first.values()), {"buckets": {}})
     return ", ".join(f"{b['turns']} {name}" for name, b in row["buckets"].items()) + " turns"
-
-
-def _minutes(seconds: Any) -> str:
-    return figure(seconds / 60 if isinstance(seconds, int | float) else None, ".1f")
 
 
 class BuildError(JobError):
@@ -91,8 +90,8 @@ def read_chains(path: Path) -> list[Chain]:
     return [Chain.from_json(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def read_results(path: Path) -> list[TurnResult]:
-    return [TurnResult(**json.loads(line)) for line in path.read_text().splitlines() if line]
+def table_path(out: Path, solver: str, split: str) -> Path:
+    return out / "tables" / solver / f"{split}.jsonl"
 
 
 class WorldBuild:
@@ -101,12 +100,13 @@ class WorldBuild:
         self.spec = spec or load_specs()
         self.out = options.out
         self.plan = self.spec.training[options.mode]
-        self.evaluation = self.spec.evaluation[options.mode]
+        self.environment = self.spec.environment[options.mode]
         names = options.solvers or tuple(self.spec.solvers)
         unknown = [n for n in names if n not in self.spec.solvers]
         if unknown:
             raise BuildError(f"unknown solver(s) {', '.join(unknown)}; known: {', '.join(self.spec.solvers)}")
         self.names = names
+        self.serving = [n for n in self.environment.solvers if n in names]  # the solvers a policy serves
         self.settings = {"mode": options.mode, "seed": options.seed, "solvers": list(names)}
         self.job = Job(self.out, kind="world build", settings=self.settings, progress=options.progress)
 
@@ -154,55 +154,119 @@ class WorldBuild:
         record.pop("losses")
         return record
 
-    def _evaluate(self, name: str, servers: dict[str, VllmServer], context: StageContext) -> dict[str, Any]:
-        from thrifty.budgeter.world.evaluate import evaluate_served
+    def _chains(self, split: str) -> list[Chain]:
+        count = self.environment.test_problems if split == "test" else self.environment.train_problems
+        return read_chains(self.out / "data" / f"{split}.jsonl")[:count]
 
-        chains = read_chains(self.out / "data" / "test.jsonl")[: self.evaluation.problems]
-        results = evaluate_served(
-            servers[name], self.spec.solvers[name], chains, self.evaluation.budgets, progress=context.show_progress
+    def _table(self, name: str, split: str, servers: dict[str, VllmServer], context: StageContext) -> dict[str, Any]:
+        import asyncio
+
+        from thrifty.budgeter.world.outcomes import measure_table
+
+        server = servers[name]
+        server.wait_ready()  # raises LaunchError with the end of vLLM's log if it cannot start
+        chains = self._chains(split)
+        table = asyncio.run(
+            measure_table(
+                server.base_url,
+                self.spec.solvers[name],
+                chains,
+                self.environment.ladder,
+                split,
+                unlimited=self.environment.unlimited_thinking,
+                progress=context.show_progress,
+            )
         )
-        write_text_atomic(self.out / "eval" / f"{name}.jsonl", _jsonl([r.to_json() for r in results]))
-        return {"records": len(results)}
+        table.write(table_path(self.out, name, split))
+        return {"problems": len(chains), "turns": len(table.rows)}
+
+    def _shortcut(self, name: str, servers: dict[str, VllmServer], context: StageContext) -> dict[str, Any]:
+        import asyncio
+
+        from thrifty.budgeter.world.outcomes import verify_shortcut
+
+        server = servers[name]
+        server.wait_ready()
+        table = OutcomeTable.read(table_path(self.out, name, "test"))
+        check = asyncio.run(
+            verify_shortcut(
+                server.base_url,
+                self.spec.solvers[name],
+                table,
+                self._chains("test"),
+                self.environment.shortcut_turns,
+                seed=self.options.seed,
+                unlimited=self.environment.unlimited_thinking,
+            )
+        )
+        record = check.to_json()
+        write_text_atomic(self.out / "checks" / f"{name}.shortcut.json", json.dumps(record, indent=1))
+        return {k: v for k, v in record.items() if k != "mismatches"}
+
+    def _live(self, name: str, servers: dict[str, VllmServer], context: StageContext) -> dict[str, Any]:
+        from thrifty.budgeter.world.live import live_check
+
+        server = servers[name]
+        server.wait_ready()
+        table = OutcomeTable.read(table_path(self.out, name, "test"))
+        record = live_check(
+            self.spec.solvers[name],
+            server.base_url,
+            table,
+            self._chains("test"),
+            self.environment.live_problems,
+            self.environment.live_budgets,
+            self.environment.unlimited_thinking,
+            self.out / "logs",
+            progress=context.show_progress,
+        )
+        write_text_atomic(self.out / "checks" / f"{name}.live.json", json.dumps(record, indent=1))
+        return record
 
     def _report(self, context: StageContext) -> dict[str, Any]:
-        from thrifty.budgeter.world.report import plot, results_page, summarize
+        from thrifty.budgeter.world.report import plot, results_page, summarize, summarize_environment
 
-        results = {name: read_results(self.out / "eval" / f"{name}.jsonl") for name in self.names}
+        tables = {name: OutcomeTable.read(table_path(self.out, name, "test")) for name in self.names}
+        results = {name: tables[name].turn_results(self.spec.solvers[name]) for name in self.names}
         summaries = {name: summarize(rows) for name, rows in results.items()}
+        environment = {name: summarize_environment(table) for name, table in tables.items()}
+        checks = {
+            name: {
+                kind: json.loads(path.read_text())
+                for kind in ("shortcut", "live")
+                if (path := self.out / "checks" / f"{name}.{kind}.json").is_file()
+            }
+            for name in self.names
+        }
         training = {
             name: json.loads((self.out / "solvers" / name / "training.json").read_text()) for name in self.names
         }
         done = self.job.done()
         folder = self.out / "report"
         folder.mkdir(parents=True, exist_ok=True)
-        plots = plot(summaries, folder)
+        plots = plot(summaries, environment, folder)
         stats = json.loads((self.out / "data" / "stats.json").read_text())
         header = [
-            "# The reasoning world: GSM8K calculator chains and tiny thinking solvers",
+            "# The reasoning world: GSM8K calculator chains, tiny solvers that overthink, a budget environment",
             "",
             f"Built with `thrifty world build{' --quick' if self.options.quick else ''} --out {self.options.out} "
             f"--data {self.options.data_dir}` (seed {self.options.seed}; `make world` runs it) "
-            f"on {cpu_name()} ({os.cpu_count()} cores, training on the CPU); evaluated through vLLM's "
-            "`thinking_token_budget`, greedy, gold history.",
-            "",
-            "Time: training "
-            + ", ".join(f"{name} {_minutes(training[name].get('train_seconds'))} min" for name in self.names)
-            + "; evaluation "
-            + ", ".join(
-                f"{name} {_minutes(done[f'eval:{name}'].get('seconds'))} min"
-                for name in self.names
-                if f"eval:{name}" in done
-            )
-            + ".",
+            f"on {cpu_name()} ({os.cpu_count()} cores, training on the CPU); outcome tables measured through "
+            "vLLM (greedy, gold history, `thinking_token_budget`).",
             "",
             f"Data: {stats['train']['problems']} training and {stats['test']['problems']} test problems kept "
-            f"({stats['train']['turns']} / {stats['test']['turns']} turns); the first "
-            f"{self.evaluation.problems} test problems are evaluated ({_turns_by_bucket(summaries)}). "
-            f"Buckets by digit operations per step: easy ≤ 2, medium 3–5, hard ≥ 6; "
-            f"whole test split: {stats['test']['buckets']}.",
+            f"({stats['train']['turns']} / {stats['test']['turns']} turns); every solver's table covers the first "
+            f"{self.environment.test_problems} test problems ({_turns_by_bucket(summaries)}); the table of "
+            f"{', '.join(self.serving) or 'no solver'} also covers {self.environment.train_problems} training "
+            f"problems. Buckets by digit operations per step: easy ≤ 2, medium 3–5, hard ≥ 6; whole test split: "
+            f"{stats['test']['buckets']}.",
         ]
-        write_text_atomic(folder / "RESULTS.md", results_page(summaries, training, header))
-        write_text_atomic(folder / "summary.json", json.dumps(summaries, indent=1))
+        stage_times = {name: record.get("seconds") for name, record in done.items()}
+        page = results_page(summaries, training, header, environment, checks, stage_times)
+        write_text_atomic(folder / "RESULTS.md", page)
+        write_text_atomic(
+            folder / "summary.json", json.dumps({"turns": summaries, "environment": environment}, indent=1)
+        )
         log = [self._router_record(r) for name in self.names for r in results[name] if r.budget is None]
         count = write_eval_log(self.out / "eval" / "router_log.jsonl", log)
         return {"plots": plots, "router_log_records": count}
@@ -236,21 +300,35 @@ class WorldBuild:
         records: dict[str, Any] = {"data": self.job.stage("data", self._data)}
         for name in self.names:
             records[f"train:{name}"] = self.job.stage(f"train:{name}", functools.partial(self._train, name))
-        records |= self._evaluate_all()
+        records |= self._measure_all()
         records["report"] = self.job.stage("report", self._report)
         return self._write_manifest(records)
 
-    def _evaluate_all(self) -> dict[str, Any]:
+    def _measured(self) -> list[tuple[str, Any]]:
+        """The measuring stages in order: tables, then the shortcut check, then the live check."""
+        stages: list[tuple[str, Any]] = []
+        for name in self.names:
+            stages.append((f"table:{name}:test", functools.partial(self._table, name, "test")))
+        for name in self.serving:
+            stages.append((f"table:{name}:train", functools.partial(self._table, name, "train")))
+        for name in self.names:
+            if self.environment.shortcut_turns:
+                stages.append((f"shortcut:{name}", functools.partial(self._shortcut, name)))
+        for name in self.serving:
+            stages.append((f"live:{name}", functools.partial(self._live, name)))
+        return stages
+
+    def _measure_all(self) -> dict[str, Any]:
         from thrifty.budgeter.world.evaluate import serving
 
         done = self.job.done()
-        pending = {n: (self.out / "solvers" / n, self.spec.solvers[n]) for n in self.names if f"eval:{n}" not in done}
+        stages = self._measured()
+        needed = {stage.split(":")[1] for stage, _ in stages if stage not in done}
+        pending = {n: (self.out / "solvers" / n, self.spec.solvers[n]) for n in self.names if n in needed}
         records = {}
         with serving(pending, self.out) as servers:
-            for name in self.names:
-                records[f"eval:{name}"] = self.job.stage(
-                    f"eval:{name}", functools.partial(self._evaluate, name, servers)
-                )
+            for stage, run in stages:
+                records[stage] = self.job.stage(stage, functools.partial(run, servers))
         return records
 
     def _write_manifest(self, records: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +341,11 @@ class WorldBuild:
                 "architecture": spec.architecture,
                 "price_per_million_tokens": spec.price,
                 "training": records[f"train:{name}"],
+                "tables": {
+                    split: f"tables/{name}/{split}.jsonl"
+                    for split in ("test", "train")
+                    if f"table:{name}:{split}" in records
+                },
             }
         return write_manifest(
             self.out,
@@ -274,10 +357,11 @@ class WorldBuild:
             }
             | {"solvers.yaml": {"path": str(SPEC_FILE), "sha256": sha256(SPEC_FILE)}},
             metrics=summary,
-            under=("data", "solvers", "eval", "report"),
+            under=("data", "solvers", "tables", "checks", "eval", "report"),
             settings=self.settings,
             training_plan=self.plan.to_json(),
-            evaluation_plan={"problems": self.evaluation.problems, "budgets": list(self.evaluation.budgets)},
+            environment=self.environment.to_json() | {"serving": list(self.serving)},
+            checks={stage: record for stage, record in records.items() if stage.split(":")[0] in ("shortcut", "live")},
             data={split: {k: v for k, v in records["data"][split].items() if k != "sha256"} for split in SPLITS},
             solvers=solvers,
         )

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from thrifty.budgeter.world.arithmetic import ExpressionError, fmt, tokenize, work
+from thrifty.budgeter.world.thinking import Thinking, compose
 
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]*)>>")
 _FINAL = re.compile(r"####\s*([-\d.,]+)")
@@ -42,6 +43,16 @@ class Step:
     operations: int
     operators: int
     bucket: str
+    # What the solver thinks through (thrifty.budgeter.world.thinking): the first working, maybe a redo,
+    # and check rounds; where the first working ends; each completed working's (end, result).
+    thinking: str = ""
+    first: int = 0
+    results: tuple[tuple[int, str], ...] = ()
+    slipped: bool = False
+
+    def answer_at(self, cut: int) -> str | None:
+        """The result the thinking states when cut after ``cut`` characters (None: none complete yet)."""
+        return Thinking(self.thinking, self.first, self.results, self.slipped).answer_at(cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,8 @@ class Chain:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Chain:
-        return cls(data["id"], data["question"], tuple(Step(**s) for s in data["steps"]))
+        steps = (Step(**(s | {"results": tuple(tuple(r) for r in s.get("results", ()))})) for s in data["steps"])
+        return cls(data["id"], data["question"], tuple(steps))
 
 
 def _number(text: str) -> Decimal | None:
@@ -92,6 +104,7 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
         try:
             tokens = [by_result.get(Decimal(t), t) if t[0].isdigit() else t for t in tokenize(expression)]
             worked = work(tokens, names)
+            hurried = work(tokens, names, slip=True)
         except (ExpressionError, ArithmeticError) as exc:
             return f"not plain arithmetic ({exc})" if isinstance(exc, ExpressionError) else "not plain arithmetic"
         if not _close(worked.value, theirs):
@@ -103,6 +116,7 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
         by_result[theirs] = name
         by_result[worked.value] = name
         prompt = f"{name} = {''.join(tokens)}"
+        thinking = compose(recalled, worked, hurried)
         steps.append(
             Step(
                 prompt,
@@ -111,6 +125,10 @@ def chain_from_gsm8k(problem_id: str, question: str, answer: str) -> Chain | str
                 worked.operations,
                 worked.operators,
                 bucket(worked.operations),
+                thinking.text,
+                thinking.first,
+                thinking.results,
+                thinking.slipped,
             )
         )
     if not _close(Decimal(steps[-1].value), gold):

@@ -25,7 +25,7 @@ from thrifty.budgeter.world.verify import verify
 from thrifty.server.kit.vllm import VllmLaunch, VllmServer, free_port, vllm_python
 
 ANSWER_ALLOWANCE = 24  # tokens after </think>: a number and <|im_end|>
-UNLIMITED_THINKING = 640  # more than the longest scratchpad in GSM8K (≈ 400 bytes)
+UNLIMITED_THINKING = 1600  # more than the longest thinking in GSM8K's chains (≈ 1,360 bytes with a redo)
 RETRIES = 2
 
 
@@ -61,23 +61,31 @@ def task_of(prompt: str) -> str:
     return "+".join(sorted({names[c] for c in expression if c in names})) or "copy"
 
 
-def request_body(model: str, messages: list[dict[str, str]], budget: int | None) -> dict[str, Any]:
+def request_body(
+    model: str, messages: list[dict[str, str]], budget: int | None, unlimited: int = UNLIMITED_THINKING
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
         "temperature": 0.0,
-        "max_tokens": (UNLIMITED_THINKING if budget is None else budget) + ANSWER_ALLOWANCE,
+        "max_tokens": (unlimited if budget is None else budget) + ANSWER_ALLOWANCE,
     }
-    if budget is not None:
-        body["thinking_token_budget"] = budget
+    # "Not limited" is a budget of ``unlimited``: a solver that never closes its thinking is cut there.
+    body["thinking_token_budget"] = unlimited if budget is None else budget
     return body
 
 
 async def _ask(
-    client: httpx.AsyncClient, spec: SolverSpec, chain: Chain, turn: int, budget: int | None, gate: asyncio.Semaphore
+    client: httpx.AsyncClient,
+    spec: SolverSpec,
+    chain: Chain,
+    turn: int,
+    budget: int | None,
+    gate: asyncio.Semaphore,
+    unlimited: int = UNLIMITED_THINKING,
 ) -> TurnResult:
     step = chain.steps[turn]
-    body = request_body(spec.name, messages_for(chain, turn), budget)
+    body = request_body(spec.name, messages_for(chain, turn), budget, unlimited)
     async with gate:
         for attempt in range(RETRIES + 1):
             started = time.perf_counter()
@@ -161,8 +169,9 @@ def solver_launch(folder: Path, spec: SolverSpec) -> VllmLaunch:
         python=vllm_python(),
         reasoning_parser="deepseek_r1",
         dtype="float32",
-        max_model_len=2048,
+        max_model_len=4096,
         startup_timeout_s=600,
+        extra_args=("--enable-prefix-caching",),  # the outcome tables continue answers from shared prefixes
     )
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 SPEC_FILE = Path(__file__).with_name("solvers.yaml")
 HEAD_DIM = 64
-MAX_POSITIONS = 2048
+MAX_POSITIONS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +118,42 @@ class TrainingPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class EvaluationPlan:
-    problems: int
-    budgets: tuple[int | None, ...]
+class EnvironmentPlan:
+    """The budget environment a build measures (``environment`` in ``solvers.yaml``)."""
+
+    ladder: tuple[int, ...]
+    solvers: tuple[str, ...]
+    test_problems: int
+    train_problems: int
+    shortcut_turns: int
+    live_problems: int
+    live_budgets: tuple[int | None, ...]
+    unlimited_thinking: int  # the most a turn may think "unlimited" (a solver that never stops is cut there)
 
     def __post_init__(self) -> None:
-        if self.problems < 1 or not self.budgets or any(b is not None and b < 0 for b in self.budgets):
-            raise ValueError("an evaluation plan needs problems ≥ 1 and budgets that are null or ≥ 0")
+        if not self.ladder or any(b < 1 for b in self.ladder) or list(self.ladder) != sorted(set(self.ladder)):
+            raise ValueError("the ladder must be budgets ≥ 1 in increasing order")
+        if min(self.test_problems, self.train_problems, self.live_problems) < 1 or self.shortcut_turns < 0:
+            raise ValueError("the environment needs ≥ 1 test, train and live problems, and shortcut_turns ≥ 0")
+        if any(b is not None and b < 0 for b in self.live_budgets) or len(self.live_budgets) != 3:
+            raise ValueError("live_budgets must be three static budgets (≥ 0, or null: unlimited)")
+        if self.unlimited_thinking <= self.ladder[-1]:
+            raise ValueError("unlimited_thinking must be above the ladder's top rung")
+
+    @property
+    def budgets(self) -> tuple[int | None, ...]:
+        """Every budget a table holds: 0, the ladder, unlimited."""
+        return (0, *self.ladder, None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
 class WorldSpec:
     solvers: dict[str, SolverSpec]
     training: dict[str, TrainingPlan]
-    evaluation: dict[str, EvaluationPlan]
+    environment: dict[str, EnvironmentPlan]
 
 
 def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
@@ -142,11 +164,12 @@ def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
         unknown = sorted(set(plan.solver_steps) - set(solvers))
         if unknown:
             raise ValueError(f"training.{mode}.solver_steps names unknown solver(s): {', '.join(unknown)}")
-    return WorldSpec(
-        solvers=solvers,
-        training=training,
-        evaluation={
-            name: EvaluationPlan(values["problems"], tuple(values["budgets"]))
-            for name, values in data["evaluation"].items()
-        },
-    )
+    environment = {
+        mode: EnvironmentPlan(**(values | {k: tuple(values[k]) for k in ("ladder", "solvers", "live_budgets")}))
+        for mode, values in data["environment"].items()
+    }
+    for mode, measured in environment.items():
+        unknown = sorted(set(measured.solvers) - set(solvers))
+        if unknown:
+            raise ValueError(f"environment.{mode}.solvers names unknown solver(s): {', '.join(unknown)}")
+    return WorldSpec(solvers=solvers, training=training, environment=environment)

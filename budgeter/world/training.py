@@ -1,10 +1,11 @@
 """Train one solver from scratch on the world's training chains: resumable, with a progress bar.
 
 Each example is one turn: the conversation so far (earlier answers only, as the chat template shows
-them) and the worked scratchpad with the answer. A fraction of examples have their thinking cut at a
-random point and ``</think>`` forced right there, as vLLM's thinking budget does; in those the loss
-covers only the answer, so the model learns to answer from partial thinking without learning to stop
-thinking early by itself.
+them) and the step's thinking (first working, any redo, check rounds: :mod:`thrifty.budgeter.world.thinking`)
+with the answer. A fraction of examples have their thinking cut at a random point and ``</think>``
+forced right there, as vLLM's thinking budget does; in those the loss covers only the answer, which is
+the best result so far (the latest completed working's), so the model learns to answer from partial
+thinking without learning to stop thinking early by itself.
 
 Checkpoints (model, AdamW state as safetensors, progress as JSON) are written atomically every
 ``checkpoint_every_s``; a restarted job continues from the last one. The batch of step ``s`` depends
@@ -20,11 +21,11 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thrifty.budgeter.world.chains import Chain
+from thrifty.budgeter.world.chains import Chain, Step
 from thrifty.budgeter.world.chat_format import (
     THINK_END,
     answer_text,
@@ -49,38 +50,59 @@ CHECKPOINT = "checkpoint"
 @dataclass(frozen=True, slots=True)
 class Example:
     prompt: list[int]
-    scratchpad: list[int]
+    thinking: list[int]  # the first working, any redo, the check rounds (thrifty.budgeter.world.thinking)
     tail: list[int]  # "\n</think>\n\n<answer><|im_end|>"
-    answer: list[int]  # "\n\n<answer><|im_end|>", what follows a forced </think>
+    answers: tuple[tuple[int, list[int]], ...]  # (from which thinking token on, the answer after a forced </think>)
+    guess: list[int]  # the answer after a forced </think> before any working is complete: the right one
 
     def __len__(self) -> int:
-        return len(self.prompt) + len(self.scratchpad) + len(self.tail)
+        return len(self.prompt) + len(self.thinking) + len(self.tail)
+
+    def answer_at(self, cut: int) -> list[int]:
+        """What follows a ``</think>`` forced after ``cut`` thinking tokens: the best result so far."""
+        stated = self.guess
+        for position, answer in self.answers:
+            if position <= cut:
+                stated = answer
+        return stated
 
 
 def make_examples(chains: list[Chain], tokenizer: PreTrainedTokenizerFast) -> list[Example]:
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def after_forced_end(step: Step, value: str) -> list[int]:
+        full = completion("", answer_text(replace(step, value=value)))
+        return ids(full[len(f"\n{THINK_END}") :])
+
     examples = []
     for chain in chains:
         for turn, step in enumerate(chain.steps):
-            full = completion(step.scratchpad, answer_text(step))
-            tail = full[len(step.scratchpad) :]
-            answer = tail[len(f"\n{THINK_END}") :]
+            thinking = ids(step.thinking)
+            if len(thinking) != len(step.thinking):  # positions are characters: one byte, one token
+                raise ValueError(f"thinking of {chain.id} turn {turn} is not one token per character")
+            full = completion(step.thinking, answer_text(step))
             examples.append(
-                Example(ids(render_prompt(messages_for(chain, turn))), ids(step.scratchpad), ids(tail), ids(answer))
+                Example(
+                    ids(render_prompt(messages_for(chain, turn))),
+                    thinking,
+                    ids(full[len(step.thinking) :]),
+                    tuple((position, after_forced_end(step, value)) for position, value in step.results),
+                    after_forced_end(step, step.value),
+                )
             )
     return examples
 
 
 def _sequence(example: Example, cut: int | None, think_end: int) -> tuple[list[int], list[int]]:
     if cut is None:
-        ids = example.prompt + example.scratchpad + example.tail
-        labels = [IGNORE] * len(example.prompt) + example.scratchpad + example.tail
+        ids = example.prompt + example.thinking + example.tail
+        labels = [IGNORE] * len(example.prompt) + example.thinking + example.tail
     else:
-        forced = example.prompt + example.scratchpad[:cut] + [think_end]
-        ids = forced + example.answer
-        labels = [IGNORE] * len(forced) + example.answer
+        forced = example.prompt + example.thinking[:cut] + [think_end]
+        answer = example.answer_at(cut)
+        ids = forced + answer
+        labels = [IGNORE] * len(forced) + answer
     return ids, labels
 
 
@@ -114,7 +136,7 @@ class Batches:
         for example in chosen:
             cut = None
             if rng.random() < self.plan.truncated_fraction:
-                cut = rng.randrange(len(example.scratchpad) + 1)
+                cut = rng.randrange(len(example.thinking) + 1)
             rows.append(_sequence(example, cut, self.think_end))
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((size, width), self.pad, dtype=torch.long)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.budgeter import world_tables
 from thrifty.budgeter.world.evaluate import TurnResult
-from thrifty.budgeter.world.report import budget_needed, claims, plot, results_page, summarize
+from thrifty.budgeter.world.report import (
+    budget_needed,
+    claims,
+    plot,
+    results_page,
+    summarize,
+    summarize_environment,
+)
 
 
 def _turn(problem: str, turn: int, bucket: str, budget: int | None, correct: bool, thinking: int) -> TurnResult:
@@ -64,9 +72,61 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     }
     page = results_page(summaries, training, ["# title"])
     assert "| dense-s | 8 (100.0) | – | none (100.0) |" in page
-    assert "| 8 | 66.7 | 100.0 | – | 0.0 | 50.0 |" in page
-    names = plot(summaries, tmp_path)
+    assert "| 8 | 66.7 | 100.0 | – | – | – | 0.0 | – | 50.0 | – |" in page
+    names = plot(summaries, {}, tmp_path)
     assert all((tmp_path / name).stat().st_size > 10_000 for name in names)
+
+
+def test_the_environment_summary_shows_overthinking_and_the_oracle(tmp_path: Path) -> None:
+    table = world_tables.table()
+    found = summarize_environment(table)
+    easy, hard = found["overthinking"]["easy"], found["overthinking"]["hard"]
+    assert easy["ratio"] == (30 + 20) / (10 + 8) and easy["accuracy_first_working"] == easy["accuracy_unlimited"] == 1
+    assert hard["accuracy_first_working"] == 0 and hard["accuracy_unlimited"] == 1
+    assert found["buckets"]["easy"]["16"]["thinking_tokens"] == 16 and found["buckets"]["easy"]["none"]["tokens"] == 28
+    assert found["problems"]["16"] == {"accuracy": 0.5, "tokens": (19 + 20 + 19) / 2, "thinking_tokens": 24.0}
+    assert found["problems"]["none"]["accuracy"] == 1.0
+    oracle = found["oracle"]
+    assert oracle["accuracy"] == 1.0 and oracle["best_static"] == "none"
+    assert oracle["tokens"] == ((19 + 204) + 19) / 2
+    assert oracle["saved_vs_best_static"] == 1 - oracle["tokens"] / found["problems"]["none"]["tokens"]
+    summaries = {"dense-s": summarize(table.turn_results(_spec()))}
+    verdicts = {claim: holds for claim, holds, _ in claims(summaries, {"dense-s": found})}
+    assert verdicts["dense-s: on easy turns, unlimited thinking uses ≥ 2× the tokens of the first working"]
+    assert verdicts["dense-s: on easy turns, accuracy is flat after the first working (within 2 points)"]
+    assert verdicts["dense-s: on hard turns, checking pays: unlimited ≥ 5 points above the first working"]
+    checks = {
+        "dense-s": {
+            "shortcut": {"requests": 8, "agreement_correct": 1.0, "agreement_tokens": 0.875, "agreement_answer": 1.0},
+            "live": {
+                "problems": 2,
+                "through": "thrifty serve",
+                "budgets": {
+                    "64": {
+                        "accuracy_table": 0.5,
+                        "accuracy_live": 1.0,
+                        "tokens_table": 50.5,
+                        "tokens_live": 51.0,
+                        "same_outcome": 0.5,
+                        "same_tokens": 0.5,
+                    }
+                },
+            },
+        }
+    }
+    page = results_page(summaries, {}, ["# t"], {"dense-s": found}, checks, {"data": 6.0, "train:dense-s": 600.0})
+    assert "| **all recorded stages** | **10.1** |" in page
+    assert "| dense-s | easy | 2 (2) | 9.0 | 25.0 | 2.78 | 100.0 | 100.0 | 0.0 |" in page
+    assert "| 8 | 100.0 % | 87.5 % | 100.0 % |" in page
+    assert "| 64 | 50.0 | 100.0 | 50.5 | 51.0 | 50.0 % | 50.0 % |" in page
+    assert "| oracle | best static | saved |" in page
+    assert set(plot(summaries, {"dense-s": found}, tmp_path)) == {"accuracy_vs_budget.png", "problem_tokens.png"}
+
+
+def _spec():  # type: ignore[no-untyped-def]
+    from thrifty.budgeter.world.solvers import load_specs
+
+    return load_specs().solvers["dense-s"]
 
 
 def test_claims_are_checked_against_the_numbers() -> None:

@@ -12,9 +12,9 @@ import yaml
 from safetensors.torch import load_file
 
 from thrifty.budgeter.world.build import BuildError, BuildOptions, WorldBuild
-from thrifty.budgeter.world.chains import build_chains
+from thrifty.budgeter.world.chains import build_chains, chain_from_gsm8k
 from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer
-from thrifty.budgeter.world.solvers import SPEC_FILE, SolverSpec, TrainingPlan, load_specs
+from thrifty.budgeter.world.solvers import SPEC_FILE, EnvironmentPlan, SolverSpec, TrainingPlan, load_specs
 from thrifty.budgeter.world.training import (
     IGNORE,
     Batches,
@@ -71,10 +71,29 @@ def test_a_cut_example_trains_only_the_answer_after_a_forced_think_end(chains: l
     ids, labels = _sequence(example, 3, end)
     assert ids[len(example.prompt) + 3] == end
     trained = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE]
-    assert trained == example.answer and tokenizer.decode(trained).endswith("<|im_end|>")
+    assert trained == example.guess and tokenizer.decode(trained).endswith("<|im_end|>")
     full_ids, full_labels = _sequence(example, None, end)
-    assert sum(label != IGNORE for label in full_labels) == len(example.scratchpad) + len(example.tail)
+    assert sum(label != IGNORE for label in full_labels) == len(example.thinking) + len(example.tail)
     assert full_ids.count(end) == 1
+    assert "check 1" in tokenizer.decode(example.thinking)  # it learns to check after the first working
+
+
+def test_a_cut_answers_with_the_best_result_so_far() -> None:
+    chain = chain_from_gsm8k("t", "q", "It is <<347*286=99242>>99242.\n#### 99242")
+    assert not isinstance(chain, str)
+    step = chain.steps[0]
+    tokenizer = build_tokenizer()
+    (example,) = make_examples([chain], tokenizer)
+    end = tokenizer.convert_tokens_to_ids(THINK_END)
+
+    def answered(cut: int) -> str:
+        ids, labels = _sequence(example, cut, end)
+        return str(tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE]))
+
+    assert answered(step.first - 1).strip() == "x1 is 99242<|im_end|>"  # no working done yet: the right value
+    assert answered(step.first).strip() == "x1 is 109242<|im_end|>"  # the slipped first working's result
+    assert answered(step.results[1][0]).strip() == "x1 is 99242<|im_end|>"  # the redo's
+    assert answered(len(example.thinking)).strip() == "x1 is 99242<|im_end|>"
 
 
 def test_batches_depend_only_on_seed_and_step(chains: list) -> None:  # type: ignore[type-arg]
@@ -124,6 +143,18 @@ def test_solver_specs_validate() -> None:
     assert {"dense-s", "dense-m", "moe-s"} <= set(spec.solvers)
     moe = spec.solvers["moe-s"]
     assert moe.is_moe and moe.experts >= 8 and moe.experts_per_token == 2 and moe.router_aux_loss > 0
+    full = spec.environment["full"]
+    assert full.budgets == (0, 16, 32, 64, 128, 256, 512, None) and full.train_problems >= 1000
+    assert full.live_problems >= 100 and full.unlimited_thinking > full.ladder[-1]
+    good = full.to_json()
+    for wrong, message in (
+        ({"ladder": (64, 16)}, "increasing"),
+        ({"live_budgets": (16, 64)}, "three"),
+        ({"unlimited_thinking": 512}, "above the ladder"),
+        ({"train_problems": 0}, "≥ 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EnvironmentPlan(**(good | {k: tuple(v) for k, v in good.items() if isinstance(v, list)} | wrong))
 
 
 def test_a_solver_can_have_its_own_schedule_length(tmp_path: Path) -> None:

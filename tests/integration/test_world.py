@@ -21,7 +21,10 @@ from transformers import AutoConfig, AutoTokenizer
 
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY, build_world
+from thrifty.budgeter.world.build import read_chains
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
+from thrifty.budgeter.world.environment import LiveEnv, TableEnv, compare_live, run_episode, static
+from thrifty.budgeter.world.outcomes import OutcomeTable
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
 from thrifty.server.kit.artifacts import sha256
@@ -36,8 +39,14 @@ def test_manifest_describes_a_complete_build(world: Path) -> None:
     for path, digest in manifest["files"].items():
         assert sha256(world / path) == digest, path
     assert manifest["inputs"]["test"]["sha256"] != manifest["inputs"]["train"]["sha256"]
-    for name in ("accuracy_vs_budget.png", "problem_accuracy.png", "RESULTS.md"):
+    for name in ("accuracy_vs_budget.png", "problem_tokens.png", "RESULTS.md"):
         assert (world / "report" / name).stat().st_size > 0
+    assert manifest["version"] == 2 and manifest["environment"]["serving"] == ["dense-s"]
+    for name in ("dense-s", "dense-m", "moe-s"):
+        assert f"tables/{name}/test.jsonl" in manifest["files"]
+        assert f"checks/{name}.shortcut.json" in manifest["files"]
+    assert "tables/dense-s/train.jsonl" in manifest["files"] and "checks/dense-s.live.json" in manifest["files"]
+    assert "tables/dense-m/train.jsonl" not in manifest["files"]
 
 
 def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
@@ -57,17 +66,26 @@ def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
         assert not added[THINK_START]["special"] and not added[THINK_END]["special"]
 
 
-def test_thinking_budgets_cut_thinking_in_vllm(world: Path) -> None:
-    """The quick evaluation went through vLLM: budget 0 means no thinking, 64 means at most 64 tokens."""
+def test_outcome_tables_hold_every_rung_and_agree_with_direct_runs(world: Path) -> None:
+    """Measured in vLLM: budget 0 means no thinking, a rung never thinks past itself, and the prefix
+    shortcut the tables are measured with agrees with asking vLLM directly at every rung."""
+    environment = load_specs().environment["quick"]
     for name in ("dense-s", "dense-m", "moe-s"):
-        rows = [json.loads(line) for line in (world / "eval" / f"{name}.jsonl").read_text().splitlines()]
-        by_budget: dict[object, list[int]] = {}
-        for row in rows:
-            by_budget.setdefault(row["budget"], []).append(row["thinking_tokens"])
-        assert set(by_budget) == {0, 64, None}
-        assert max(by_budget[0]) == 0, name
-        assert 0 < max(by_budget[64]) <= 64, name
-        assert sum(by_budget[None]) > sum(by_budget[64]) > sum(by_budget[0]), name
+        table = OutcomeTable.read(world / "tables" / name / "test.jsonl")
+        assert table.ladder == environment.ladder and len(table.problems()) == environment.test_problems
+        for row in table.rows:
+            assert row.outcome(0).thinking_tokens == 0
+            for budget in environment.ladder:
+                assert row.outcome(budget).thinking_tokens <= budget
+            assert 0 < row.outcome(None).thinking_tokens <= environment.unlimited_thinking
+        shortcut = json.loads((world / "checks" / f"{name}.shortcut.json").read_text())
+        assert shortcut["requests"] == environment.shortcut_turns * len(environment.budgets)
+        assert shortcut["agreement_correct"] >= 0.9 and shortcut["agreement_tokens"] >= 0.9, shortcut
+    train = OutcomeTable.read(world / "tables" / "dense-s" / "train.jsonl")
+    assert train.split == "train" and len(train.problems()) == environment.train_problems
+    live = json.loads((world / "checks" / "dense-s.live.json").read_text())
+    assert live["problems"] == environment.live_problems and live["through"] == "thrifty serve"
+    assert list(live["budgets"]) == ["16", "64", "none"]
 
 
 def test_router_log_uses_the_shared_format(world: Path) -> None:
@@ -175,3 +193,36 @@ def test_the_moe_solver_is_served_through_its_expert_cache(gateway: str, world_c
     hits = re.findall(f"^{series}$", metrics, re.MULTILINE)
     assert sorted(layer for layer, _ in hits) == ["0", "1"]
     assert sum(float(value) for _, value in hits) > 0
+
+
+def test_the_environment_api_against_the_live_solver(gateway: str, world: Path) -> None:
+    """The live environment asks dense-s through the gateway; its first turns (no history yet, so the
+    same question the table asked) match the table, and whole problems play to the end."""
+    environment = load_specs().environment["quick"]
+    chains = read_chains(world / "data" / "test.jsonl")[: environment.test_problems]
+    table = OutcomeTable.read(world / "tables" / "dense-s" / "test.jsonl")
+    offline = TableEnv(table, chains)
+    budgets: list[int | None] = [0, *environment.ladder, None]
+    agree = asked = 0
+    with LiveEnv(gateway, "dense-s", chains, table.ladder, unlimited=environment.unlimited_thinking) as live:
+        for problem in offline.problems:
+            for budget in budgets:
+                predicted = offline.reset(problem), offline.step(budget)
+                observed = live.reset(problem), live.step(budget)
+                assert observed[0] == predicted[0]  # the same observation before the first turn
+                asked += 1
+                agree += (observed[1].correct, observed[1].tokens) == (predicted[1].correct, predicted[1].tokens)
+                if budget is not None:
+                    assert observed[1].thinking_tokens <= budget
+        episode = run_episode(live, offline.problems[0], static(environment.ladder[-1]))
+        assert len(episode.budgets) == len(chains[0].steps) and episode.tokens > 0
+    assert agree >= 0.9 * asked, f"only {agree} of {asked} first turns agree with the table"
+    report = compare_live(
+        offline,
+        lambda: LiveEnv(gateway, "dense-s", chains, table.ladder, unlimited=environment.unlimited_thinking),
+        offline.problems[:3],
+        [environment.ladder[0], None],
+        workers=2,
+    )
+    assert set(report) == {str(environment.ladder[0]), "none"}
+    assert all(0 <= row["same_outcome"] <= 1 and row["tokens_live"] > 0 for row in report.values())
