@@ -1,9 +1,9 @@
-"""Evaluate solvers through vLLM: accuracy per turn as a function of the thinking budget.
+"""Solvers served through vLLM, and one turn asked directly at a thinking budget.
 
-Each solver is served by its own vLLM CPU process (the kit's vLLM server, DeepSeek-R1 reasoning parser),
-and every test turn is asked once per budget with ``thinking_token_budget`` set, greedy decoding, and
-the gold history (earlier turns' correct answers). A problem is solved when all its turns are: with all
-earlier turns right the gold history *is* the model's own, so that equals solving it turn by turn.
+Each solver is served by its own vLLM CPU process (the kit's vLLM server, DeepSeek-R1 reasoning parser).
+:func:`ask` puts one turn to it as a chat request with ``thinking_token_budget``, greedy decoding and the
+gold history (earlier turns' correct answers): what the outcome tables' shortcut is checked against
+(:mod:`thrifty.budgeter.world.outcomes`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ def request_body(
     return body
 
 
-async def _ask(
+async def ask(
     client: httpx.AsyncClient,
     spec: SolverSpec,
     chain: Chain,
@@ -126,39 +126,6 @@ async def _ask(
     )
 
 
-async def ask_all(
-    base_url: str,
-    spec: SolverSpec,
-    chains: Sequence[Chain],
-    budgets: Sequence[int | None],
-    concurrency: int = 32,
-    progress: bool = True,
-) -> list[TurnResult]:
-    from tqdm import tqdm
-
-    gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(300.0), limits=limits) as client:
-        jobs = [
-            _ask(client, spec, chain, turn, budget, gate)
-            for budget in budgets
-            for chain in chains
-            for turn in range(len(chain.steps))
-        ]
-        tasks = [asyncio.ensure_future(job) for job in jobs]
-        results = []
-        try:
-            with tqdm(total=len(tasks), desc=f"evaluate {spec.name}", disable=not progress) as bar:
-                for future in asyncio.as_completed(tasks):
-                    results.append(await future)
-                    bar.update(1)
-        finally:  # on the first failure, cancel the rest rather than leave them unretrieved
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    return sorted(results, key=lambda r: (r.budget is None, r.budget or 0, r.problem, r.turn))
-
-
 def solver_launch(folder: Path, spec: SolverSpec) -> VllmLaunch:
     """How a solver folder is served: DeepSeek-R1's reasoning parser, float32 like training."""
     return VllmLaunch(
@@ -189,22 +156,3 @@ def serving(folders: dict[str, tuple[Path, SolverSpec]], work_dir: Path) -> Iter
     finally:
         for server in servers.values():
             server.stop()
-
-
-def evaluate_served(
-    process: VllmServer,
-    spec: SolverSpec,
-    chains: Sequence[Chain],
-    budgets: Sequence[int | None],
-    progress: bool = True,
-) -> list[TurnResult]:
-    """Wait for the solver's server, ask every turn at every budget, then stop the server."""
-    process.wait_ready()  # raises LaunchError with the end of vLLM's log if it cannot start
-    try:
-        return asyncio.run(ask_all(process.base_url, spec, chains, budgets, progress=progress))
-    except EvaluationError as exc:
-        state = process.process.poll() if process.process is not None else None
-        status = "still running" if state is None else f"exited with code {state}"
-        raise EvaluationError(f"{exc}\nvLLM for {spec.name} {status}; end of its log:\n{process.log_tail()}") from exc
-    finally:
-        process.stop()

@@ -38,7 +38,7 @@ from thrifty.budgeter.world.evaluate import (
     UNLIMITED_THINKING,
     EvaluationError,
     TurnResult,
-    _ask,
+    ask,
     task_of,
 )
 from thrifty.budgeter.world.solvers import SolverSpec
@@ -313,7 +313,7 @@ async def verify_shortcut(
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0)) as client:
         pairs = [(row, budget) for row in sample for budget in budgets]
         direct = await asyncio.gather(
-            *(_ask(client, spec, by_id[row.problem], row.turn, budget, gate, unlimited) for row, budget in pairs)
+            *(ask(client, spec, by_id[row.problem], row.turn, budget, gate, unlimited) for row, budget in pairs)
         )
     same_correct = same_tokens = same_answer = 0
     mismatches = []
