@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from thrifty.budgeter.world.arithmetic import ExpressionError, fmt, tokenize, work
-from thrifty.budgeter.world.thinking import Thinking, compose
+from thrifty.budgeter.world.thinking import compose, stated_at
 
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]*)>>")
 _FINAL = re.compile(r"####\s*([-\d.,]+)")
@@ -52,7 +52,7 @@ class Step:
 
     def answer_at(self, cut: int) -> str | None:
         """The result the thinking states when cut after ``cut`` characters (None: none complete yet)."""
-        return Thinking(self.thinking, self.first, self.results, self.slipped).answer_at(cut)
+        return stated_at(self.results, cut, None)
 
 
 @dataclass(frozen=True, slots=True)

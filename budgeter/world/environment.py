@@ -265,11 +265,16 @@ def oracle_allocation(table: OutcomeTable, problem: str) -> tuple[bool, tuple[in
     A turn no rung gets right gets the cheapest one (the problem is lost anyway). Returns whether the
     problem is solved, the budgets and the tokens used.
     """
+    return allocate(table.problems()[problem], table.ladder)
+
+
+def allocate(turns: Sequence[TurnRow], ladder: Sequence[int]) -> tuple[bool, tuple[int | None, ...], int]:
+    """:func:`oracle_allocation` for one problem's rows (when a caller has them grouped already)."""
     budgets: list[int | None] = []
     tokens = 0
     solved = True
-    for row in table.problems()[problem]:
-        options: list[int | None] = [0, *table.ladder, None]
+    options: list[int | None] = [0, *ladder, None]
+    for row in turns:
         right = [b for b in options if row.outcome(b).correct]
         pick = min(right, key=lambda b: row.outcome(b).tokens) if right else 0
         solved = solved and bool(right)

@@ -75,6 +75,23 @@ def request_body(
     return body
 
 
+async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+    """POST to a solver's vLLM server: its JSON answer, or :class:`EvaluationError` saying what failed."""
+    for attempt in range(RETRIES + 1):
+        try:
+            response = await client.post(path, json=body)
+            break
+        except httpx.TransportError as exc:
+            # A keep-alive connection the server closed just as it was reused; a dead server fails again.
+            if attempt == RETRIES:
+                raise EvaluationError(f"{what}: no answer after {RETRIES + 1} tries ({exc!r})") from exc
+            await asyncio.sleep(0.5 * (attempt + 1))
+    if response.status_code != 200:
+        raise EvaluationError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
+    data: dict[str, Any] = response.json()
+    return data
+
+
 async def ask(
     client: httpx.AsyncClient,
     spec: SolverSpec,
@@ -87,24 +104,9 @@ async def ask(
     step = chain.steps[turn]
     body = request_body(spec.name, messages_for(chain, turn), budget, unlimited)
     async with gate:
-        for attempt in range(RETRIES + 1):
-            started = time.perf_counter()
-            try:
-                response = await client.post("/v1/chat/completions", json=body)
-                break
-            except httpx.TransportError as exc:
-                # A keep-alive connection the server closed just as it was reused; a dead server fails again.
-                if attempt == RETRIES:
-                    raise EvaluationError(
-                        f"{spec.name}: no answer for {chain.id} turn {turn} after {RETRIES + 1} tries ({exc!r})"
-                    ) from exc
-                await asyncio.sleep(0.5 * (attempt + 1))
+        started = time.perf_counter()
+        data = await post(client, "/v1/chat/completions", body, f"{spec.name}, {chain.id} turn {turn}")
         latency = time.perf_counter() - started
-    if response.status_code != 200:
-        raise EvaluationError(
-            f"{spec.name}: HTTP {response.status_code} for {chain.id} turn {turn}: {response.text[:300]}"
-        )
-    data = response.json()
     message = data["choices"][0]["message"]
     reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
     usage = data["usage"]

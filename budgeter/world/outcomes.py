@@ -36,9 +36,9 @@ from thrifty.budgeter.world.chat_format import THINK_END, messages_for, render_p
 from thrifty.budgeter.world.evaluate import (
     ANSWER_ALLOWANCE,
     UNLIMITED_THINKING,
-    EvaluationError,
     TurnResult,
     ask,
+    post,
     task_of,
 )
 from thrifty.budgeter.world.solvers import SolverSpec
@@ -167,18 +167,7 @@ class OutcomeTable:
 
 async def _complete(client: httpx.AsyncClient, name: str, prompt: str, max_tokens: int) -> dict[str, Any]:
     body = {"model": name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
-    for attempt in range(3):
-        try:
-            response = await client.post("/v1/completions", json=body)
-            break
-        except httpx.TransportError as exc:  # a kept-alive connection closed as it was reused
-            if attempt == 2:
-                raise EvaluationError(f"{name}: no answer from vLLM after 3 tries ({exc!r})") from exc
-            await asyncio.sleep(0.5 * (attempt + 1))
-    if response.status_code != 200:
-        raise EvaluationError(f"{name}: HTTP {response.status_code} from vLLM: {response.text[:300]}")
-    data: dict[str, Any] = response.json()
-    return data
+    return await post(client, "/v1/completions", body, name)
 
 
 async def measure_turn(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from thrifty.budgeter.world.chains import BUCKETS
-from thrifty.budgeter.world.environment import oracle_allocation
+from thrifty.budgeter.world.environment import allocate
 from thrifty.budgeter.world.evaluate import TurnResult
 from thrifty.budgeter.world.outcomes import FIRST_WORKING, UNLIMITED, OutcomeTable
 from thrifty.budgeter.world.thinking import REDO
@@ -100,7 +100,7 @@ def summarize_environment(table: OutcomeTable) -> dict[str, Any]:
             "thinking_tokens": sum(sum(r.outcome(b).thinking_tokens for r in turns) for turns in problems.values())
             / len(problems),
         }
-    oracle = [oracle_allocation(table, problem)[0::2] for problem in problems]
+    oracle = [allocate(turns, table.ladder)[0::2] for turns in problems.values()]
     best_label = max(labels, key=lambda label: (per_level[label]["accuracy"], -per_level[label]["tokens"]))
     oracle_tokens = sum(t for _, t in oracle) / len(oracle)
     return {

@@ -34,13 +34,25 @@ hurried one until a redo is finished); cut before any working is complete, the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 from thrifty.budgeter.world.arithmetic import Worked, check, fmt
 
 ROUND = "check {}"
 REDO = "redo"
+T = TypeVar("T")
+
+
+def stated_at(results: Sequence[tuple[int, T]], cut: int, before: T) -> T:
+    """Of ``(position, result)`` pairs in order, the last result complete by ``cut``; ``before`` if none."""
+    stated = before
+    for position, result in results:
+        if position <= cut:
+            stated = result
+    return stated
 
 
 def check_rounds(value: Decimal) -> int:
@@ -58,11 +70,7 @@ class Thinking:
 
     def answer_at(self, cut: int) -> str | None:
         """The result stated when thinking is cut after ``cut`` characters (None: no working is complete)."""
-        stated = None
-        for position, value in self.results:
-            if position <= cut:
-                stated = value
-        return stated
+        return stated_at(self.results, cut, None)
 
 
 def compose(recalled: list[str], careful: Worked, hurried: Worked) -> Thinking:

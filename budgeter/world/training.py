@@ -35,6 +35,7 @@ from thrifty.budgeter.world.chat_format import (
     render_prompt,
 )
 from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan
+from thrifty.budgeter.world.thinking import stated_at
 from thrifty.server.kit.artifacts import swap_in
 
 if TYPE_CHECKING:
@@ -60,11 +61,7 @@ class Example:
 
     def answer_at(self, cut: int) -> list[int]:
         """What follows a ``</think>`` forced after ``cut`` thinking tokens: the best result so far."""
-        stated = self.guess
-        for position, answer in self.answers:
-            if position <= cut:
-                stated = answer
-        return stated
+        return stated_at(self.answers, cut, self.guess)
 
 
 def make_examples(chains: list[Chain], tokenizer: PreTrainedTokenizerFast) -> list[Example]:
