@@ -62,6 +62,16 @@ def render_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(parts) + GENERATION_PROMPT
 
 
+def thinking_allowed(budget: int) -> int:
+    """The thinking tokens a solver writes under vLLM's ``thinking_token_budget`` of ``budget``.
+
+    vLLM counts the budget from ``<think>``, so the newline that the generation prompt puts after it is
+    the first of them: a budget of b leaves b − 1 tokens to write (none for 0 or 1), then ``</think>``
+    is forced. (Measured on vLLM 0.32 CPU; the outcome tables and the environment use this.)
+    """
+    return max(budget - 1, 0)
+
+
 def completion(scratchpad: str, answer: str) -> str:
     return f"{scratchpad}\n{THINK_END}\n\n{answer}{IM_END}"
 

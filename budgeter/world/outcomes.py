@@ -7,10 +7,12 @@ table is exact). It holds the solver's unlimited thinking and, for every budget 
 
 Measuring it is cheap because greedy thinking under a budget is a prefix of the unlimited thinking:
 vLLM's ``thinking_token_budget`` lets the model think exactly as it would unlimited and forces
-``</think>`` after ``b`` tokens. So each turn needs one unlimited generation (``/v1/completions`` on the
-rendered chat prompt), and each rung shorter than that thinking only its answer continued from the
-prompt + the first ``b`` thinking tokens + ``</think>``, which vLLM's prefix cache mostly has already.
-Rungs at or beyond the thinking's length are the unlimited outcome. :func:`verify_shortcut` checks
+``</think>`` once the budget is spent — after ``b − 1`` written tokens, as the newline after
+``<think>`` in the prompt counts too (:func:`~thrifty.budgeter.world.chat_format.thinking_allowed`).
+So each turn needs one unlimited generation (``/v1/completions`` on the rendered chat prompt), and
+each rung that cuts the thinking short only its answer continued from the prompt + the thinking it
+leaves + ``</think>``, which vLLM's prefix cache mostly has already. A rung that leaves the whole
+thinking is the unlimited outcome. :func:`verify_shortcut` checks
 the shortcut against direct chat requests with ``thinking_token_budget`` on a sample and reports
 the agreement; the build records it.
 
@@ -32,7 +34,7 @@ from typing import Any
 import httpx
 
 from thrifty.budgeter.world.chains import Chain
-from thrifty.budgeter.world.chat_format import THINK_END, messages_for, render_prompt
+from thrifty.budgeter.world.chat_format import THINK_END, messages_for, render_prompt, thinking_allowed
 from thrifty.budgeter.world.evaluate import (
     ANSWER_ALLOWANCE,
     UNLIMITED_THINKING,
@@ -80,8 +82,8 @@ class TurnRow:
     levels: dict[str, Outcome] = field(default_factory=dict)  # 0, the ladder, "none", "first" (if checked)
 
     def outcome(self, budget: int | None) -> Outcome:
-        """The outcome at ``budget`` (None: unlimited); any budget at or beyond the thinking is unlimited."""
-        if budget is None or budget >= self.levels[UNLIMITED].thinking_tokens:
+        """The outcome at ``budget`` (None: unlimited); a budget that leaves all the thinking is unlimited."""
+        if budget is None or thinking_allowed(budget) >= self.levels[UNLIMITED].thinking_tokens:
             return self.levels[UNLIMITED]
         key = level_key(budget)
         if key not in self.levels:
@@ -189,28 +191,32 @@ async def measure_turn(
     thinking, closed, answer = text.partition(THINK_END)
     length = len(thinking.encode())
 
-    async def rung(budget: int) -> tuple[int, Outcome, str]:
+    async def rung(budget: int, cut: int) -> tuple[int, Outcome, str]:
+        """What a direct run with thinking budget ``budget`` does, its thinking cut after ``cut`` tokens."""
+        # A direct run's max_tokens is budget + ANSWER_ALLOWANCE; the thinking and the forced </think> are of them.
+        allowance = budget + ANSWER_ALLOWANCE - cut - 1
         async with gate:
-            # A direct run's max_tokens is budget + ANSWER_ALLOWANCE, and its forced </think> is one of them.
-            data = await _complete(client, spec.name, prompt + thinking[:budget] + THINK_END, ANSWER_ALLOWANCE - 1)
+            data = await _complete(client, spec.name, prompt + thinking[:cut] + THINK_END, allowance)
         answered = data["choices"][0]["text"]
         return (
             budget,
-            Outcome(verify(answered, step.value), budget, 1 + int(data["usage"]["completion_tokens"])),
+            Outcome(verify(answered, step.value), cut, 1 + int(data["usage"]["completion_tokens"])),
             answered,
         )
 
-    if closed and length <= unlimited:
+    if closed and length <= thinking_allowed(unlimited):
         levels = {UNLIMITED: Outcome(verify(answer, step.value), length, completion_tokens - length)}
     else:  # it thought past the cap: "unlimited" is a budget of the cap there, as a live request's is
-        thinking, length = thinking[:unlimited], unlimited
-        _, capped, answer = await rung(unlimited)
+        length = thinking_allowed(unlimited)
+        _, capped, answer = await rung(unlimited, length)
+        thinking = thinking[:length]
         levels = {UNLIMITED: capped}
     first = first_working_end(thinking)
-    for budget, outcome, _ in await asyncio.gather(*(rung(b) for b in sorted({0, *ladder}) if b < length)):
+    cuts = {b: thinking_allowed(b) for b in sorted({0, *ladder})}
+    for budget, outcome, _ in await asyncio.gather(*(rung(b, cut) for b, cut in cuts.items() if cut < length)):
         levels[level_key(budget)] = outcome
     if first is not None:  # the budget that just covers its own first working, for the results page
-        levels[FIRST_WORKING] = (await rung(first))[1]
+        levels[FIRST_WORKING] = (await rung(first + 1, first))[1]
     return TurnRow(
         problem=chain.id,
         turn=turn,

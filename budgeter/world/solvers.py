@@ -100,12 +100,15 @@ class TrainingPlan:
     train_problems: int | None
     checkpoint_every_s: float
     solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
+    boundary_fraction: float = 0.0  # of the cut examples, those cut within a few tokens of a working's end
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.max_minutes <= 0:
             raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and max_minutes > 0")
         if not 0 <= self.truncated_fraction < 1:
             raise ValueError("truncated_fraction must be in [0, 1)")
+        if not 0 <= self.boundary_fraction <= 1:
+            raise ValueError("boundary_fraction must be in [0, 1]")
         if any(steps < 1 for steps in self.solver_steps.values()):
             raise ValueError("solver_steps must be ≥ 1")
 

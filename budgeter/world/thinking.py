@@ -17,12 +17,13 @@ writes ``ok`` or ``no`` after each::
 is ``1 + (last digit of the result) mod 3``, a rule of the step's own text, so greedy decoding varies it
 from step to step as a sampled model's habits would. These rounds never change the answer.
 
-**Slips, and why checking pays on hard steps.** The first working is hurried: from the second row of
-a long multiplication on, a carry of 5 or more into a digit product is forgotten, so the product (and
-all that follows from it) comes out wrong. It happens only in products of multi-digit numbers, so
-almost only on medium and hard steps. The first check round, done carefully, disagrees at that
-operation (``no``); the solver writes ``redo``, works the step again carefully from that operation on,
-and then checks the new working as above. The slip is a rule of the text, not a coin flip, so greedy
+**Slips, and why checking pays on hard steps.** The first working is hurried: in an operation of
+``SLIP_STEPS`` (6) or more digit steps, every digit step is written right but the result comes out
+with its leading digit one too high, as if a carry were counted twice
+(:func:`thrifty.budgeter.world.arithmetic.slipped`), and everything after it is worked from that wrong
+value. Only long operations are that long, so it happens almost only on hard steps. The first check
+round, done carefully, disagrees at that operation (``no``); the solver writes ``redo``, works the step
+again carefully from that operation on, and then checks the new working as above. The slip is a rule of the text, not a coin flip, so greedy
 decoding reproduces it and a budget that stops thinking right after the first working gets such a
 step wrong, while enough budget gets it right.
 

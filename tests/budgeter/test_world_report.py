@@ -83,12 +83,12 @@ def test_the_environment_summary_shows_overthinking_and_the_oracle(tmp_path: Pat
     easy, hard = found["overthinking"]["easy"], found["overthinking"]["hard"]
     assert easy["ratio"] == (30 + 20) / (10 + 8) and easy["accuracy_first_working"] == easy["accuracy_unlimited"] == 1
     assert hard["accuracy_first_working"] == 0 and hard["accuracy_unlimited"] == 1
-    assert found["buckets"]["easy"]["16"]["thinking_tokens"] == 16 and found["buckets"]["easy"]["none"]["tokens"] == 28
-    assert found["problems"]["16"] == {"accuracy": 0.5, "tokens": (19 + 20 + 19) / 2, "thinking_tokens": 24.0}
+    assert found["buckets"]["easy"]["16"]["thinking_tokens"] == 15 and found["buckets"]["easy"]["none"]["tokens"] == 28
+    assert found["problems"]["16"] == {"accuracy": 0.5, "tokens": (18 + 19 + 18) / 2, "thinking_tokens": 22.5}
     assert found["problems"]["none"]["accuracy"] == 1.0
     oracle = found["oracle"]
     assert oracle["accuracy"] == 1.0 and oracle["best_static"] == "none"
-    assert oracle["tokens"] == ((19 + 204) + 19) / 2
+    assert oracle["tokens"] == ((18 + 204) + 18) / 2
     assert oracle["saved_vs_best_static"] == 1 - oracle["tokens"] / found["problems"]["none"]["tokens"]
     summaries = {"dense-s": summarize(table.turn_results(_spec()))}
     verdicts = {claim: holds for claim, holds, _ in claims(summaries, {"dense-s": found})}

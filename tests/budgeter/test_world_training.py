@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from thrifty.budgeter.world.chains import build_chains, chain_from_gsm8k
 from thrifty.budgeter.world.chat_format import THINK_END, build_tokenizer
 from thrifty.budgeter.world.solvers import SPEC_FILE, EnvironmentPlan, SolverSpec, TrainingPlan, load_specs
 from thrifty.budgeter.world.training import (
+    BOUNDARY,
     IGNORE,
     Batches,
     TrainingInterrupted,
@@ -103,6 +105,29 @@ def test_batches_depend_only_on_seed_and_step(chains: list) -> None:  # type: ig
     one, two = Batches(examples, _plan(), 1, end, 0), Batches(list(examples), _plan(), 1, end, 0)
     assert torch.equal(one(5)["input_ids"], two(5)["input_ids"])
     assert not torch.equal(one(5)["input_ids"], one(6)["input_ids"])
+
+
+def test_boundary_cuts_land_next_to_where_a_working_is_complete(chains: list) -> None:  # type: ignore[type-arg]
+    tokenizer = build_tokenizer()
+    examples = make_examples(chains, tokenizer)
+    end = tokenizer.convert_tokens_to_ids(THINK_END)
+
+    def distances(boundary_fraction: float) -> list[int]:
+        batches = Batches(examples, _plan(truncated_fraction=0.99, boundary_fraction=boundary_fraction), 1, end, 0)
+        found = []
+        for step in range(60):
+            rng = random.Random(step)
+            for example in examples[:20]:
+                cut = batches._cut(example, rng)
+                assert 0 <= cut <= len(example.thinking)
+                found.append(min(abs(cut - position) for position, _ in example.answers))
+        return found
+
+    assert all(d <= BOUNDARY for d in distances(1.0))
+    near = sum(d <= BOUNDARY for d in distances(0.0)) / len(distances(0.0))
+    assert near < 0.5  # uniform cuts rarely land there: the reason boundary cuts exist
+    with pytest.raises(ValueError, match="boundary_fraction"):
+        _plan(boundary_fraction=1.5)
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_MOE], ids=["dense", "moe"])

@@ -34,7 +34,9 @@ def _row(
 
 
 def table(hard_right_at_64: bool = False) -> OutcomeTable:
-    """p1: an easy turn (right from 16 on, thinks 30, its first working 10) then a hard one (thinks
+    """Budgets leave one token less to write (``thinking_allowed``): 16 thinks 15 tokens, 64 thinks 63.
+
+    p1: an easy turn (right from 16 on, thinks 30, its first working 10) then a hard one (thinks
     200, right only unlimited unless ``hard_right_at_64``); p2: one easy turn (thinks 20)."""
     return OutcomeTable(
         "dense-s",
@@ -46,7 +48,7 @@ def table(hard_right_at_64: bool = False) -> OutcomeTable:
                 0,
                 "easy",
                 "x1 = 2+3",
-                {"0": (False, 0, 3), "16": (True, 16, 3), UNLIMITED: (True, 30, 3), FIRST_WORKING: (True, 10, 3)},
+                {"0": (False, 0, 3), "16": (True, 15, 3), UNLIMITED: (True, 30, 3), FIRST_WORKING: (True, 10, 3)},
                 10,
             ),
             _row(
@@ -56,8 +58,8 @@ def table(hard_right_at_64: bool = False) -> OutcomeTable:
                 "x2 = x1*123456",
                 {
                     "0": (False, 0, 4),
-                    "16": (False, 16, 4),
-                    "64": (hard_right_at_64, 64, 4),
+                    "16": (False, 15, 4),
+                    "64": (hard_right_at_64, 63, 4),
                     UNLIMITED: (True, 200, 4),
                     FIRST_WORKING: (False, 80, 4),
                 },
@@ -68,7 +70,7 @@ def table(hard_right_at_64: bool = False) -> OutcomeTable:
                 0,
                 "easy",
                 "x1 = 1+1",
-                {"0": (False, 0, 3), "16": (True, 16, 3), UNLIMITED: (True, 20, 3), FIRST_WORKING: (True, 8, 3)},
+                {"0": (False, 0, 3), "16": (True, 15, 3), UNLIMITED: (True, 20, 3), FIRST_WORKING: (True, 8, 3)},
                 8,
             ),
         ),

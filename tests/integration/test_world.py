@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer
 from tests.helpers import free_port, serve_process, stop_process, wait_ready
 from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY, build_world
 from thrifty.budgeter.world.build import read_chains
-from thrifty.budgeter.world.chat_format import THINK_END, THINK_START
+from thrifty.budgeter.world.chat_format import THINK_END, THINK_START, thinking_allowed
 from thrifty.budgeter.world.environment import LiveEnv, TableEnv, compare_live, run_episode, static
 from thrifty.budgeter.world.outcomes import OutcomeTable
 from thrifty.budgeter.world.solvers import load_specs
@@ -75,12 +75,14 @@ def test_outcome_tables_hold_every_rung_and_agree_with_direct_runs(world: Path) 
         assert table.ladder == environment.ladder and len(table.problems()) == environment.test_problems
         for row in table.rows:
             assert row.outcome(0).thinking_tokens == 0
-            for budget in environment.ladder:
-                assert row.outcome(budget).thinking_tokens <= budget
+            for budget in environment.ladder:  # a budget b leaves b - 1 tokens to write (the prompt's newline counts)
+                thought = row.outcome(budget).thinking_tokens
+                assert thought == thinking_allowed(budget) or row.outcome(budget) is row.outcome(None)
+                assert thought <= thinking_allowed(budget)
             assert 0 < row.outcome(None).thinking_tokens <= environment.unlimited_thinking
         shortcut = json.loads((world / "checks" / f"{name}.shortcut.json").read_text())
         assert shortcut["requests"] == environment.shortcut_turns * len(environment.budgets)
-        assert shortcut["agreement_correct"] >= 0.9 and shortcut["agreement_tokens"] >= 0.9, shortcut
+        assert shortcut["agreement_correct"] >= 0.95 and shortcut["agreement_tokens"] >= 0.95, shortcut
     train = OutcomeTable.read(world / "tables" / "dense-s" / "train.jsonl")
     assert train.split == "train" and len(train.problems()) == environment.train_problems
     live = json.loads((world / "checks" / "dense-s.live.json").read_text())
@@ -213,10 +215,10 @@ def test_the_environment_api_against_the_live_solver(gateway: str, world: Path) 
                 asked += 1
                 agree += (observed[1].correct, observed[1].tokens) == (predicted[1].correct, predicted[1].tokens)
                 if budget is not None:
-                    assert observed[1].thinking_tokens <= budget
+                    assert observed[1].thinking_tokens <= thinking_allowed(budget)
         episode = run_episode(live, offline.problems[0], static(environment.ladder[-1]))
         assert len(episode.budgets) == len(chains[0].steps) and episode.tokens > 0
-    assert agree >= 0.9 * asked, f"only {agree} of {asked} first turns agree with the table"
+    assert agree >= 0.95 * asked, f"only {agree} of {asked} first turns agree with the table"
     report = compare_live(
         offline,
         lambda: LiveEnv(gateway, "dense-s", chains, table.ladder, unlimited=environment.unlimited_thinking),
