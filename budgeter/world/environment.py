@@ -50,6 +50,8 @@ class Observation:
     messages: tuple[dict[str, str], ...]  # the conversation so far, ending with this turn's sub-question
     spent: int  # tokens the problem has used so far
     spent_thinking: int
+    budgets: tuple[int | None, ...] = ()  # the budgets earlier turns had
+    thinking: tuple[int, ...] = ()  # the thinking tokens earlier turns used
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ class _Episode:
         self.chain: Chain | None = None
         self.turn = 0
         self.answers: list[str] = []
+        self.budgets: list[int | None] = []
+        self.thinking: list[int] = []
         self.spent = self.spent_thinking = 0
         self.all_correct = True
 
@@ -92,6 +96,7 @@ class _Episode:
             raise EnvError(f"no problem {problem!r} in this environment")
         self.chain = self.chains[problem]
         self.turn, self.answers, self.spent, self.spent_thinking, self.all_correct = 0, [], 0, 0, True
+        self.budgets, self.thinking = [], []
         return self.observe()
 
     def check_budget(self, budget: int | None) -> Chain:
@@ -114,11 +119,17 @@ class _Episode:
             messages=tuple(messages_for(chain, self.turn, self.answers)),
             spent=self.spent,
             spent_thinking=self.spent_thinking,
+            budgets=tuple(self.budgets),
+            thinking=tuple(self.thinking),
         )
 
-    def advance(self, correct: bool, thinking: int, answer_tokens: int, answer: str, said: str) -> StepResult:
+    def advance(
+        self, budget: int | None, correct: bool, thinking: int, answer_tokens: int, answer: str, said: str
+    ) -> StepResult:
         assert self.chain is not None
         self.answers.append(said)
+        self.budgets.append(budget)
+        self.thinking.append(thinking)
         self.spent += thinking + answer_tokens
         self.spent_thinking += thinking
         self.all_correct = self.all_correct and correct
@@ -163,7 +174,7 @@ class TableEnv:
         outcome: Outcome = self.row().outcome(budget)
         gold = answer_text(chain.steps[self.episode.turn])
         # The table was measured with the gold history, so that is the history the next turn sees.
-        return self.episode.advance(outcome.correct, outcome.thinking_tokens, outcome.answer_tokens, "", gold)
+        return self.episode.advance(budget, outcome.correct, outcome.thinking_tokens, outcome.answer_tokens, "", gold)
 
 
 class LiveEnv:
@@ -218,7 +229,7 @@ class LiveEnv:
         thinking_tokens = len(thinking.encode())  # byte-level tokenizer: one token per byte
         answer_tokens = int(data["usage"]["completion_tokens"]) - thinking_tokens
         correct = verify(content, step.value)
-        return self.episode.advance(correct, thinking_tokens, answer_tokens, content, content)
+        return self.episode.advance(budget, correct, thinking_tokens, answer_tokens, content, content)
 
 
 # --- running a policy ---------------------------------------------------------------------------------

@@ -242,13 +242,19 @@ async def measure_table(
 ) -> OutcomeTable:
     from tqdm import tqdm
 
-    gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # ``concurrency`` turns at a time, each with all its requests: a turn is done soon after it starts
+    # (so the progress bar moves), and vLLM still batches many rungs' short answers together.
+    turns = asyncio.Semaphore(concurrency)
+    requests = asyncio.Semaphore(concurrency * (len(set(ladder)) + 2))
+    limits = httpx.Limits(max_connections=concurrency * 4, max_keepalive_connections=concurrency * 4)
+
+    async def one(client: httpx.AsyncClient, chain: Chain, turn: int) -> TurnRow:
+        async with turns:
+            return await measure_turn(client, spec, chain, turn, ladder, requests, unlimited)
+
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
         tasks = [
-            asyncio.ensure_future(measure_turn(client, spec, chain, turn, ladder, gate, unlimited))
-            for chain in chains
-            for turn in range(len(chain.steps))
+            asyncio.ensure_future(one(client, chain, turn)) for chain in chains for turn in range(len(chain.steps))
         ]
         rows = []
         try:

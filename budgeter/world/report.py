@@ -395,9 +395,10 @@ def results_page(
     if shortcut:
         lines += ["", "## The tables' shortcut against direct runs", ""]
         lines.append(
-            "Tables are measured with one unlimited generation per turn and, per rung, the answer continued from "
-            "the first *b* thinking tokens; a sample of turns was also asked directly (chat, "
-            "`thinking_token_budget` = *b*) at every rung. Agreement:"
+            "Tables are measured with one unlimited generation per turn and, per rung *b*, the answer continued "
+            "from the first *b* − 1 thinking tokens (vLLM counts the newline after `<think>` in the prompt "
+            "against the budget); a sample of turns was also asked directly (chat, `thinking_token_budget` = "
+            "*b*) at every rung. Agreement:"
         )
         lines += ["", "| solver | requests | same right/wrong | same tokens | same answer |"]
         lines.append("|---|---:|---:|---:|---:|")

@@ -23,9 +23,9 @@ with its leading digit one too high, as if a carry were counted twice
 (:func:`thrifty.budgeter.world.arithmetic.slipped`), and everything after it is worked from that wrong
 value. Only long operations are that long, so it happens almost only on hard steps. The first check
 round, done carefully, disagrees at that operation (``no``); the solver writes ``redo``, works the step
-again carefully from that operation on, and then checks the new working as above. The slip is a rule of the text, not a coin flip, so greedy
-decoding reproduces it and a budget that stops thinking right after the first working gets such a
-step wrong, while enough budget gets it right.
+again carefully from that operation on, and then checks the new working as above. The slip is a rule
+of the text, not a coin flip, so greedy decoding reproduces it and a budget that stops thinking right
+after the first working gets such a step wrong, while enough budget gets it right.
 
 **Cut anywhere, answer with the best result so far.** When a thinking budget forces ``</think>`` at
 some point, the answer is the result of the latest *completed* working before that point (the

@@ -38,6 +38,7 @@ from thrifty.budgeter.world.chat_format import (
 from thrifty.budgeter.world.solvers import SolverSpec, TrainingPlan
 from thrifty.budgeter.world.thinking import stated_at
 from thrifty.server.kit.artifacts import swap_in
+from thrifty.server.kit.checkpoints import load_optimizer, save_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -171,34 +172,13 @@ def _learning_rate(plan: TrainingPlan, step: int) -> float:
 # --- checkpoints: safetensors and JSON only ----------------------------------------------------------
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value for index, entry in state["state"].items() for key, value in entry.items()}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "optimizer.safetensors")
-    (folder / "optimizer_groups.json").write_text(json.dumps(state["param_groups"]))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(folder / "optimizer.safetensors")
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    groups = json.loads((folder / "optimizer_groups.json").read_text())
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
 def _save_checkpoint(
     model: PreTrainedModel, optimizer: torch.optim.Optimizer, progress: dict[str, Any], folder: Path
 ) -> None:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    _save_optimizer(optimizer, partial)
+    save_optimizer(optimizer, partial)
     (partial / "progress.json").write_text(json.dumps(progress))
     swap_in(partial, folder)
 
@@ -244,7 +224,7 @@ def train_solver(
         model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay, betas=(0.9, 0.98)
     )
     if progress["step"]:
-        _load_optimizer(optimizer, checkpoint)
+        load_optimizer(optimizer, checkpoint)
     batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, int(tokenizer.pad_token_id))
     limit_s = plan.max_minutes * 60
     started = time.monotonic() - progress["elapsed_s"]

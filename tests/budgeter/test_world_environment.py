@@ -33,6 +33,7 @@ def test_reset_shows_the_problem_and_step_answers_from_the_table() -> None:
     assert (result.correct, result.thinking_tokens, result.answer_tokens, result.done) == (True, 15, 3, False)
     second = result.observation
     assert second is not None and second.turn == 1 and second.spent == 18 and second.spent_thinking == 15
+    assert second.budgets == (16,) and second.thinking == (15,)  # what the earlier turns had and used
     assert second.messages[-2:] == (
         {"role": "assistant", "content": "x1 is 5"},  # the gold history the table was measured with
         {"role": "user", "content": "x2 = x1*123456"},
