@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from thrifty.server.kit.reload import NothingToReload
@@ -41,6 +41,8 @@ class SessionView(Protocol):
     @property
     def budget(self) -> int | None: ...
     @property
+    def spent(self) -> int: ...
+    @property
     def remaining(self) -> int | None: ...
 
 
@@ -52,6 +54,23 @@ class BudgetRequest:
     body: Mapping[str, Any]
     # None when the session store was unreachable: the policy decides without history.
     session: SessionView | None = None
+    # Every sub-question of the problem (``thrifty.plan``: this request's, else the session's), if known.
+    plan: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecision:
+    """A budget and how it was reached: the policy that decided, and what it wants recorded of it
+    (a learned policy's distribution over its levels, say), kept with the session's turn."""
+
+    budget: int | None
+    policy: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+# OpenAI's reasoning_effort, as a share of the way up a budgeter's levels (none: no thinking at all).
+EFFORT_POSITION = {"none": None, "minimal": 0.0, "low": 0.25, "medium": 0.5, "high": 1.0}
+DEFAULT_LEVELS = (64, 128, 256, 512, 1024, 2048)
 
 
 class Budgeter(ABC):
@@ -67,15 +86,38 @@ class Budgeter(ABC):
         """Read the policy's artifact again (policies backed by one); the new status."""
         raise NothingToReload(f"budgeter '{self.name}' has no artifact to reload")
 
-    async def assign(self, request: BudgetRequest) -> int | None:
-        """The policy's budget, never more than what is left of the session's total budget."""
-        budget = await self.decide(request)
+    def levels(self) -> tuple[int, ...]:
+        """The budgets this policy chooses among; ``reasoning_effort`` maps onto them."""
+        return DEFAULT_LEVELS
+
+    def effort_budget(self, effort: str) -> int:
+        """The budget a request's ``reasoning_effort`` asks for: a level part of the way up (none: 0)."""
+        position = EFFORT_POSITION[effort]
+        if position is None:
+            return 0
+        levels = self.levels()
+        return levels[int(position * (len(levels) - 1) + 0.5)]  # halves round up: medium of 6 is the 4th
+
+    async def explain(self, request: BudgetRequest) -> BudgetDecision:
+        """The decision with what is worth recording about it; by default just :meth:`decide`'s budget."""
+        return BudgetDecision(await self.decide(request), self.name)
+
+    async def assign_decision(self, request: BudgetRequest) -> BudgetDecision:
+        """:meth:`explain`, checked and never more than what is left of the session's total budget."""
+        decision = await self.explain(request)
+        budget = decision.budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise ValueError(f"budgeter '{self.name}' returned {budget!r}; budgets are ints >= 0 or None")
         remaining = request.session.remaining if request.session is not None else None
         if remaining is not None:
-            budget = remaining if budget is None else min(budget, remaining)
-        return budget
+            capped = remaining if budget is None else min(budget, remaining)
+            if capped != budget:
+                decision = BudgetDecision(capped, decision.policy, {**decision.detail, "capped_from": budget})
+        return decision
+
+    async def assign(self, request: BudgetRequest) -> int | None:
+        """The policy's budget, never more than what is left of the session's total budget."""
+        return (await self.assign_decision(request)).budget
 
     @abstractmethod
     async def decide(self, request: BudgetRequest) -> int | None:

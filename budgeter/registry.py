@@ -14,6 +14,7 @@ BUDGETERS: Registry[Budgeter] = Registry(
         "none": "thrifty.budgeter.builtin:NoBudgeter",
         "static": "thrifty.budgeter.builtin:StaticBudgeter",
         "table": "thrifty.budgeter.table:TableBudgeter",
+        "tab": "thrifty.budgeter.tab.serving:TabBudgeter",
     },
 )
 

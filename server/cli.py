@@ -267,6 +267,83 @@ def _budget(text: str) -> int | None:
     return int(text)
 
 
+@train_app.command("budgeter")
+def train_budgeter_command(
+    world: Annotated[Path, typer.Option("--world", help="a `thrifty world build` folder")] = Path("data/world"),
+    out: Annotated[Path, typer.Option("--out", help="job folder (resumes a job found there)")] = Path("data/tab"),
+    policy: Annotated[str, typer.Option(help="fast (features → small network) or llm (SmolLM2 + LoRA)")] = "fast",
+    all_subq: Annotated[bool, typer.Option("--all-subq", help="the policy also sees every sub-question")] = False,
+    budget: Annotated[
+        str, typer.Option(help="B: completion tokens per problem (320), per sub-question (96/turn), or none")
+    ] = "320",
+    penalty: Annotated[float, typer.Option("--lambda", help="λ: reward lost per token allocated beyond B")] = 0.01,
+    seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
+    steps: Annotated[int, typer.Option(help="GRPO steps")] = 150,
+    problems_per_step: Annotated[int, typer.Option("--problems-per-step", help="problems per step")] = 32,
+    group: Annotated[int, typer.Option(help="G: trajectories per problem")] = 8,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = 3e-3,
+    temperature: Annotated[float, typer.Option(help="sampling temperature of the trajectories")] = 0.6,
+    beta: Annotated[float, typer.Option(help="weight of the KL to the reference policy")] = 0.01,
+    embedder_dir: Annotated[
+        Path | None, typer.Option("--embedder-dir", help="fast: a static embedder whose vectors join the features")
+    ] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="llm: the base model folder")] = None,
+    train_problems: Annotated[int | None, typer.Option("--train-problems", help="use only the first N")] = None,
+    test_problems: Annotated[int | None, typer.Option("--test-problems", help="evaluate on the first N")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
+) -> None:
+    """Train a TAB budget policy with GRPO on a world's outcome table; write its artifact to OUT/policy."""
+    from thrifty.budgeter.tab.grpo import GrpoSettings
+    from thrifty.budgeter.tab.job import TabJobOptions, run_job
+    from thrifty.server.kit.jobs import JobError
+
+    if policy not in ("fast", "llm"):
+        raise _fail(f"--policy is fast or llm, not '{policy}'")
+    from thrifty.budgeter.tab.train import BudgetRule
+
+    try:
+        rule = BudgetRule.parse(budget)
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        settings = GrpoSettings(
+            steps=steps,
+            problems_per_step=problems_per_step,
+            group=group,
+            temperature=temperature,
+            learning_rate=learning_rate,
+            beta=beta,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if not seed_list:
+        raise _fail("--seeds names no seed")
+    if model_dir is None and policy == "llm":
+        model_dir = Path("data/models/smollm2-135m-instruct")
+    options = TabJobOptions(
+        world=world,
+        out=out,
+        policy=policy,  # type: ignore[arg-type]
+        all_subq=all_subq,
+        budget=rule,
+        penalty=penalty,
+        seeds=seed_list,
+        grpo=settings,
+        embedder=embedder_dir,
+        model_dir=model_dir,
+        train_problems=train_problems,
+        test_problems=test_problems,
+    )
+    try:
+        record = run_job(options, fresh=fresh)
+    except (JobError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    spread = record["test_over_seeds"]
+    typer.echo(
+        f"test problems: accuracy {spread['accuracy']['mean']:.3f} ± {spread['accuracy']['std']:.3f}, thinking "
+        f"tokens per problem {spread['thinking']['mean']:.1f} ± {spread['thinking']['std']:.1f} (over seeds)"
+    )
+    typer.echo(f"TAB policy: {record['policy']} (seed {record['chosen']})")
+
+
 @budgeter_app.command("table")
 def budgeter_table(
     out: Annotated[Path, typer.Option("--out", help="artifact folder to write")],

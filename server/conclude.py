@@ -31,6 +31,9 @@ class Conclusion:
                 finish_reason=usage.finish_reason,
                 at=time.time(),
                 routing={k: float(v) for k, v in route.details.items()} if route and route.details else None,
+                budgeting=None
+                if ctx.budget_policy is None
+                else {"policy": ctx.budget_policy, "budget": ctx.budget, **(ctx.budget_detail or {})},
             )
             ctx.unrecorded = not await self.sessions.record(session, turn) and not session.degraded
         if ctx.principal is not None:

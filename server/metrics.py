@@ -123,6 +123,13 @@ class GatewayMetrics:
             buckets=_BUDGET_BUCKETS,
             registry=r,
         )
+        self.budget_decision = Histogram(
+            "thrifty_budget_decision_seconds",
+            "Time the budgeter took to choose a turn's thinking budget, by policy.",
+            ["policy"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.retries = Counter(
             "thrifty_backend_retries_total",
             "Requests retried on another backend, by the backend that failed.",

@@ -42,6 +42,8 @@ class Outcomes:
                 out["x-thrifty-session-state"] = UNRECORDED
         if ctx.budget is not None:
             out["x-thrifty-thinking-budget"] = str(ctx.budget)
+        if ctx.budget_policy is not None:
+            out["x-thrifty-budget-policy"] = ctx.budget_policy
         if ctx.backend != NO_BACKEND:
             out["x-thrifty-backend"] = ctx.backend
             out["x-thrifty-overhead-ms"] = f"{ctx.overhead * 1000:.3f}"

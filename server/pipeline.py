@@ -65,6 +65,7 @@ class Pipeline:
             body,
             extension.get("budget"),
             new=bool(extension.get("new_session")),
+            plan=tuple(extension["plan"]) if extension.get("plan") else None,
         )
         ctx.problem = (
             ctx.session.session if ctx.session is not None else self.sessions.on_its_own(extension.get("budget"))

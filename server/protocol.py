@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +23,9 @@ MAX_TOKENS = 2**31 - 1
 # levels and vLLM's own parser reads about 200, while OpenAI requests (JSON schemas in tools and
 # response_format included) need a few dozen.
 MAX_JSON_DEPTH = 128
+# A problem's plan (``thrifty.plan``): at most this many sub-questions, each at most this many characters.
+MAX_PLAN_STEPS = 64
+MAX_PLAN_TEXT = 2000
 # Integers the gateway can forward exactly: orjson reads anything wider as a float, which would change it.
 INT_RANGE = (-(2**63), 2**64 - 1)
 _LONG_DIGITS = re.compile(rb"\d{19}")
@@ -43,6 +46,12 @@ class ThriftyExtension(BaseModel):
 
     budget: int | None = Field(None, ge=0, le=MAX_TOKENS, description="the problem's total token budget B")
     new_session: bool = Field(False, description="start a session with an id the gateway chooses")
+    plan: list[Annotated[str, Field(min_length=1, max_length=MAX_PLAN_TEXT)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PLAN_STEPS,
+        description="every sub-question of the problem, in order (for All-SubQ budget policies); kept in the session",
+    )
 
 
 class CompletionFields(WireModel):

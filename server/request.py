@@ -69,6 +69,8 @@ class RequestContext:
     problem: Session | None = None  # what the budgeter sees: the session so far, or a problem of one turn
     route: RoutingDecision | None = None
     budget: int | None = None  # the thinking budget that applied
+    budget_policy: str | None = None  # who set it: the budgeter's policy, "client", "reasoning_effort"
+    budget_detail: Mapping[str, Any] | None = None  # what the policy wants recorded with the turn
     backend: str = NO_BACKEND
     usage: Usage = field(default_factory=Usage)
     overhead: float = 0.0  # the gateway's own seconds (for streams, up to the first event)

@@ -128,7 +128,13 @@ def fresh_minute(margin_s: float = 8.0) -> None:
         time.sleep(60 - into + 0.05)
 
 
+# On a slow or busy machine a stand-in backend can take seconds to answer a health probe; the gateway's
+# 2 s default would then mark it unhealthy mid-test. Tests about health checks set their own.
+TEST_HEALTH = {"timeout_s": 60.0}
+
+
 def config_for(backends: list[dict[str, Any]], **extra: Any) -> GatewayConfig:
+    extra.setdefault("health", TEST_HEALTH)
     return parse_config({"backends": backends, **extra}, environ={})
 
 

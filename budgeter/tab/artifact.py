@@ -38,11 +38,12 @@ ADAPTER_DIR = "adapter"
 
 
 class ProblemBudget(BaseModel):
-    """The problem budget B a policy was trained under: a fixed number of tokens per problem."""
+    """The problem budget B a policy was trained under: tokens per problem, or per sub-question."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tokens: int | None = Field(ge=1, description="B, completion tokens per problem; null: not limited")
+    tokens: int | None = Field(None, ge=1, description="B, completion tokens per problem")
+    per_turn: int | None = Field(None, ge=1, description="B as completion tokens per sub-question")
 
 
 class PolicySpec(BaseModel):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,46 @@ LEARNER = "learner.safetensors"
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetRule:
+    """How a problem's budget B is set: a fixed number of tokens, or so many per sub-question.
+
+    The paper gives every problem the same B; with problems of 1 to 8 sub-questions, as here, a fixed
+    B starves long problems and is slack on short ones, so B can also scale with the turns, as a client
+    that knows its plan would set it (``thrifty.budget`` = tokens per step × steps).
+    """
+
+    tokens: int | None = None
+    per_turn: int | None = None
+
+    def __call__(self, problem: str, turns: int) -> int | None:
+        return self.per_turn * turns if self.per_turn is not None else self.tokens
+
+    @classmethod
+    def parse(cls, text: str) -> BudgetRule:
+        """``320`` (B = 320 per problem), ``96/turn`` (B = 96 per sub-question) or ``none``."""
+        text = text.strip().lower()
+        if text in ("none", "null", "unlimited"):
+            return cls()
+        number, per, unit = text.partition("/")
+        if not number.isdigit() or int(number) < 1 or (per and unit not in ("turn", "step")):
+            raise ValueError(f"a problem budget is N, N/turn or none, not '{text}'")
+        return cls(per_turn=int(number)) if per else cls(tokens=int(number))
+
+    def label(self) -> str:
+        return (
+            "none"
+            if self.tokens is None and self.per_turn is None
+            else (f"{self.per_turn}/turn" if self.per_turn is not None else str(self.tokens))
+        )
+
+
+def as_rule(budget: int | None | BudgetRule) -> BudgetRule:
+    return budget if isinstance(budget, BudgetRule) else BudgetRule(tokens=budget)
+
+
+@dataclass(frozen=True, slots=True)
 class RunSettings:
-    budget: int | None  # B per problem
+    budget: int | None | BudgetRule  # B per problem (an int: the same for every problem)
     penalty: float  # λ
     seed: int
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
@@ -42,15 +80,11 @@ class RunSettings:
         return asdict(self)
 
 
-def problem_budget(budget: int | None) -> Callable[[str, int], int | None]:
-    return lambda problem, turns: budget
-
-
 def evaluate(
-    env: BudgetEnv, learner: Learner, problems: Sequence[str], budget: int | None, penalty: float
+    env: BudgetEnv, learner: Learner, problems: Sequence[str], budget: int | None | BudgetRule, penalty: float
 ) -> dict[str, float]:
     """The greedy policy on ``problems``: mean reward, problem accuracy, thinking and all tokens per problem."""
-    played = rollout(env, learner, problems, 1, problem_budget(budget), penalty, 1.0, None)
+    played = rollout(env, learner, problems, 1, as_rule(budget), penalty, 1.0, None)
     return summarize(played)
 
 
@@ -82,7 +116,7 @@ def train(
     import torch
 
     grpo = settings.grpo
-    budget = problem_budget(settings.budget)
+    budget = as_rule(settings.budget)
     optimizer = torch.optim.Adam(learner.parameters(), lr=grpo.learning_rate)
     state: dict[str, Any] = {"step": 0, "history": [], "train": []}
     if (checkpoint / PROGRESS).is_file():

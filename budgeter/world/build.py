@@ -261,7 +261,9 @@ class WorldBuild:
             f"problems. Buckets by digit operations per step: easy ≤ 2, medium 3–5, hard ≥ 6; whole test split: "
             f"{stats['test']['buckets']}.",
         ]
-        stage_times = {name: record.get("seconds") for name, record in done.items()}
+        # A training stage that was interrupted and resumed records only its last run's seconds; the
+        # solver's own training record sums every run, so that is the stage's time.
+        stage_times = {name: record.get("train_seconds") or record.get("seconds") for name, record in done.items()}
         page = results_page(summaries, training, header, environment, checks, stage_times)
         write_text_atomic(folder / "RESULTS.md", page)
         write_text_atomic(

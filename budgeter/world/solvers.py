@@ -101,6 +101,10 @@ class TrainingPlan:
     checkpoint_every_s: float
     solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
     boundary_fraction: float = 0.0  # of the cut examples, those cut within a few tokens of a working's end
+    # Solvers whose forward and backward passes run under bfloat16 autocast (weights and optimizer stay
+    # float32): ~1.6× faster on CPUs with AVX512-BF16 or AMX, slower on CPUs without.
+    bf16: tuple[str, ...] = ()
+    autocast: bool = False  # this plan's solver trains under bfloat16 autocast (set by for_solver)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.max_minutes <= 0:
@@ -114,7 +118,9 @@ class TrainingPlan:
 
     def for_solver(self, name: str) -> TrainingPlan:
         """The plan one solver trains with: ``steps`` replaced by its entry in ``solver_steps``, if any."""
-        return replace(self, steps=self.solver_steps.get(name, self.steps), solver_steps={})
+        return replace(
+            self, steps=self.solver_steps.get(name, self.steps), solver_steps={}, bf16=(), autocast=name in self.bf16
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -162,11 +168,13 @@ class WorldSpec:
 def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
     data = yaml.safe_load(path.read_text())
     solvers = {name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()}
-    training = {name: TrainingPlan(**values) for name, values in data["training"].items()}
+    training = {
+        name: TrainingPlan(**(values | {"bf16": tuple(values.get("bf16", ()))})) for name, values in data["training"].items()
+    }
     for mode, plan in training.items():
-        unknown = sorted(set(plan.solver_steps) - set(solvers))
+        unknown = sorted((set(plan.solver_steps) | set(plan.bf16)) - set(solvers))
         if unknown:
-            raise ValueError(f"training.{mode}.solver_steps names unknown solver(s): {', '.join(unknown)}")
+            raise ValueError(f"training.{mode} names unknown solver(s): {', '.join(unknown)}")
     environment = {
         mode: EnvironmentPlan(**(values | {k: tuple(values[k]) for k in ("ladder", "solvers", "live_budgets")}))
         for mode, values in data["environment"].items()

@@ -243,7 +243,8 @@ def train_solver(
         step = progress["step"]
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(plan, step)
-        loss = model(**batches(step)).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast):
+            loss = model(**batches(step)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from thrifty.server.protocol import MAX_TOKENS, CompletionFields, WireModel
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+
 
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -19,3 +21,5 @@ class ChatCompletionRequest(CompletionFields):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     # vLLM's extension: the most tokens the model may spend between <think> and </think>.
     thinking_token_budget: int | None = Field(None, ge=0, le=MAX_TOKENS)
+    # OpenAI's reasoning models' knob; the gateway turns it into a thinking budget (the budgeter's levels).
+    reasoning_effort: ReasoningEffort | None = None

@@ -44,6 +44,7 @@ class SessionContext:
     quota: int
     budget: int | None  # the problem's total budget B, for a session this request creates
     session: Session | None  # None when the store was unreachable
+    plan: tuple[str, ...] | None = None  # the request's thrifty.plan, kept by the session if it has none
 
     @property
     def degraded(self) -> bool:
@@ -94,6 +95,7 @@ class SessionManager:
         body: Mapping[str, Any],
         budget: int | None,
         new: bool = False,
+        plan: tuple[str, ...] | None = None,
     ) -> SessionContext | None:
         """The request's session (opened, or to be created by its first turn); None if it names none.
 
@@ -105,7 +107,7 @@ class SessionManager:
                 return None
             session_id = uuid.uuid4().hex
         budget = self.budget_for(budget)
-        context = SessionContext(session_id, owner, quota, budget, None)
+        context = SessionContext(session_id, owner, quota, budget, None, plan)
         try:
             found = await self.store.open(owner, session_id)
         except StoreUnavailable as exc:
@@ -120,7 +122,7 @@ class SessionManager:
         if context.degraded:
             return False
         try:
-            await self.store.record(context.owner, context.id, turn, context.budget, context.quota)
+            await self.store.record(context.owner, context.id, turn, context.budget, context.quota, context.plan)
         except StoreUnavailable as exc:
             self._failed("record", exc)
             self._metrics.session_turns_lost.inc()

@@ -28,6 +28,7 @@ class _Entry:
     expires_at: float
     spent: int = 0
     turn_count: int = 0
+    plan: tuple[str, ...] | None = None
     recent: deque[Turn] = field(default_factory=deque)  # the last `history` turns, as objects
     kept: deque[bytes] = field(default_factory=deque)  # the last `max_turns` turns, as JSON rows
 
@@ -58,7 +59,7 @@ class MemorySessionStore(SessionStore):
         return True
 
     def _view(self, session_id: str, entry: _Entry, turns: list[Turn]) -> Session:
-        return Session(session_id, entry.created_at, entry.budget, entry.spent, entry.turn_count, turns)
+        return Session(session_id, entry.created_at, entry.budget, entry.spent, entry.turn_count, turns, entry.plan)
 
     async def open(self, owner: str, session_id: str) -> Session | None:
         now = self.clock()
@@ -75,7 +76,15 @@ class MemorySessionStore(SessionStore):
             return None
         return self._view(session_id, entry, [Turn.from_row(orjson.loads(t)) for t in entry.kept])
 
-    async def record(self, owner: str, session_id: str, turn: Turn, budget: int | None, quota: int) -> None:
+    async def record(
+        self,
+        owner: str,
+        session_id: str,
+        turn: Turn,
+        budget: int | None,
+        quota: int,
+        plan: tuple[str, ...] | None = None,
+    ) -> None:
         now = self.clock()
         entry = self._live(owner, session_id, now)
         sessions = self._owners.setdefault(owner, OrderedDict())
@@ -88,6 +97,8 @@ class MemorySessionStore(SessionStore):
         else:
             sessions.move_to_end(session_id)
         entry.expires_at = now + self.ttl_s
+        if entry.plan is None and plan is not None:
+            entry.plan = plan
         entry.spent += turn.spent
         entry.turn_count += 1
         entry.recent.append(turn)

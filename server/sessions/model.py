@@ -24,6 +24,7 @@ class Turn:
     finish_reason: str | None
     at: float  # unix time the turn finished
     routing: dict[str, float] | None = None  # a learned router's λ and predicted accuracy and cost
+    budgeting: dict[str, Any] | None = None  # the budget decision: policy, budget, the policy's distribution
 
     @property
     def spent(self) -> int:
@@ -55,6 +56,7 @@ class Session:
     spent: int = 0
     turn_count: int = 0
     turns: list[Turn] = field(default_factory=list)
+    plan: tuple[str, ...] | None = None  # the problem's sub-questions (``thrifty.plan``), if a turn sent them
 
     @property
     def remaining(self) -> int | None:
@@ -69,5 +71,6 @@ class Session:
             "spent": self.spent,
             "remaining": self.remaining,
             "turn_count": self.turn_count,
+            "plan": None if self.plan is None else list(self.plan),
             "turns": [t.to_json() for t in self.turns],
         }

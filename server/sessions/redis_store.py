@@ -2,7 +2,7 @@
 
 Layout per owner ``o`` (the braces are a Redis Cluster hash tag: an owner's keys share one shard):
 
-    thrifty:s:{o}:<id>      hash: created_at, budget, spent, turns
+    thrifty:s:{o}:<id>      hash: created_at, budget, spent, turns, plan (JSON, if a turn sent one)
     thrifty:s:{o}:<id>:t    list of turn JSON, trimmed to the most recent ``max_turns``
     thrifty:si:{o}          sorted set: the owner's session ids by last use (its quota's index)
 
@@ -29,7 +29,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-local head = redis.call('HMGET', KEYS[1], 'created_at', 'budget', 'spent', 'turns')
+local head = redis.call('HMGET', KEYS[1], 'created_at', 'budget', 'spent', 'turns', 'plan')
 local n = tonumber(ARGV[3])
 local turns = {}
 if n > 0 then turns = redis.call('LRANGE', KEYS[2], -n, -1) end
@@ -37,8 +37,8 @@ return {head, turns}
 """
 
 # KEYS: head, turns, index. ARGV: now, budget, ttl (ms), tokens spent, turn JSON, max turns, session id,
-# quota, the owner's key prefix. The owner's other sessions are named from the prefix: they share the
-# owner's hash tag, so they live on the same shard as the declared keys.
+# quota, the owner's key prefix, the plan's JSON ('' for none). The owner's other sessions are named from
+# the prefix: they share the owner's hash tag, so they live on the same shard as the declared keys.
 _RECORD = """
 local now = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -55,6 +55,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 else
   redis.call('ZADD', KEYS[3], now, ARGV[7])
 end
+if ARGV[10] ~= '' then redis.call('HSETNX', KEYS[1], 'plan', ARGV[10]) end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'turns', 1)
 redis.call('RPUSH', KEYS[2], ARGV[5])
@@ -86,7 +87,8 @@ def _text(value: Any) -> str:
 
 
 def _session(session_id: str, head: list[Any], turns: list[Any]) -> Session:
-    created_at, budget, spent, count = (_text(v) if v is not None else "" for v in head)
+    created_at, budget, spent, count = (_text(v) if v is not None else "" for v in head[:4])
+    plan = orjson.loads(head[4]) if len(head) > 4 and head[4] else None
     return Session(
         id=session_id,
         created_at=float(created_at or 0),
@@ -94,6 +96,7 @@ def _session(session_id: str, head: list[Any], turns: list[Any]) -> Session:
         spent=int(spent or 0),
         turn_count=int(count or 0),
         turns=[Turn.from_json(orjson.loads(t)) for t in turns],
+        plan=None if plan is None else tuple(plan),
     )
 
 
@@ -123,12 +126,20 @@ class RedisSessionStore(SessionStore):
     async def get(self, owner: str, session_id: str) -> Session | None:
         head_key, turns_key, _ = _keys(owner, session_id)
         async with self.link.call("session read") as redis, redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(head_key, "created_at", "budget", "spent", "turns")
+            pipe.hmget(head_key, "created_at", "budget", "spent", "turns", "plan")
             pipe.lrange(turns_key, 0, -1)
             head, turns = await pipe.execute()
         return None if head[0] is None else _session(session_id, head, turns)
 
-    async def record(self, owner: str, session_id: str, turn: Turn, budget: int | None, quota: int) -> None:
+    async def record(
+        self,
+        owner: str,
+        session_id: str,
+        turn: Turn,
+        budget: int | None,
+        quota: int,
+        plan: tuple[str, ...] | None = None,
+    ) -> None:
         args: list[str | int | bytes] = [
             repr(self.clock()),
             "" if budget is None else str(budget),
@@ -139,6 +150,7 @@ class RedisSessionStore(SessionStore):
             session_id,
             quota,
             _prefix(owner),
+            b"" if plan is None else orjson.dumps(list(plan)),
         ]
         async with self.link.call("turn record"):
             await self._record_script(keys=_keys(owner, session_id), args=args)

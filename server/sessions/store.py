@@ -42,9 +42,18 @@ class SessionStore(ABC):
         """The session with every turn it keeps, or None."""
 
     @abstractmethod
-    async def record(self, owner: str, session_id: str, turn: Turn, budget: int | None, quota: int) -> None:
+    async def record(
+        self,
+        owner: str,
+        session_id: str,
+        turn: Turn,
+        budget: int | None,
+        quota: int,
+        plan: tuple[str, ...] | None = None,
+    ) -> None:
         """Append a turn and add its tokens to the ledger, atomically. A session that does not exist is
-        created with ``budget``, and the owner's oldest sessions beyond ``quota`` are dropped."""
+        created with ``budget``, and the owner's oldest sessions beyond ``quota`` are dropped. ``plan``
+        is kept if the session has none yet (a plan, once kept, is never replaced)."""
 
     @abstractmethod
     async def delete(self, owner: str, session_id: str) -> bool:

@@ -69,6 +69,20 @@ async def test_concurrent_records_are_atomic(redis: RedisServer) -> None:
         await store.link.close()
 
 
+async def test_a_session_keeps_the_first_plan_it_is_given(redis: RedisServer) -> None:
+    store = _store(redis.url)
+    try:
+        await store.record("o", "s", _turn(1), 500, quota=10)  # no plan yet
+        await store.record("o", "s", _turn(2), 500, quota=10, plan=("x1 = 2+3", "x2 = x1*4"))
+        await store.record("o", "s", _turn(3), 500, quota=10, plan=("something else",))
+        opened, read = await store.open("o", "s"), await store.get("o", "s")
+        assert opened is not None and read is not None
+        assert opened.plan == read.plan == ("x1 = 2+3", "x2 = x1*4")
+        assert read.to_json()["plan"] == ["x1 = 2+3", "x2 = x1*4"]
+    finally:
+        await store.link.close()
+
+
 async def test_each_owner_keeps_its_quota_and_requests_without_a_session_cost_nothing(redis: RedisServer) -> None:
     store = _store(redis.url)
     direct = SyncRedis.from_url(redis.url)

@@ -38,6 +38,7 @@ def _config(router: Path, table: Path, big_url: str, small_url: str) -> Any:
         backends,
         router={"learned": {"artifact": str(router), "presets": PRESETS}},
         budgeter={"table": {"artifact": str(table)}},
+        timeouts={"connect": 60.0},  # on a busy machine a stand-in can take seconds to accept
     )
 
 

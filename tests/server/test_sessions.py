@@ -147,6 +147,41 @@ def _turn(tokens: int) -> Turn:
     return Turn("m", None, 1, tokens, 0, 0.1, "stop", 0.0)
 
 
+async def test_budget_decisions_are_recorded_with_their_policy_and_the_plan_is_kept() -> None:
+    state = StandinState(model="m", record=True)
+    with standins(state) as (b,):
+        async with gateway(_config(b.url, budgeter={"static": {"budget": 100}})) as (http, _):
+            plan = ["x1 = 2+3", "x2 = x1*4"]
+            body = {"model": "m", **CHAT, "thrifty": {"budget": 1000, "plan": plan}}
+            first = await http.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "p"})
+            assert first.headers["x-thrifty-budget-policy"] == "static"
+            assert "thrifty" not in state.received[-1]  # the plan is the gateway's, never the backend's
+            effort = {"model": "m", **CHAT, "reasoning_effort": "high"}
+            second = await http.post("/v1/chat/completions", json=effort, headers={"X-Session-ID": "p"})
+            assert second.headers["x-thrifty-budget-policy"] == "reasoning_effort"
+            # high is the top of the default levels (2048), within what is left of B: 1000 - 6
+            assert second.headers["x-thrifty-thinking-budget"] == "994"
+            assert "reasoning_effort" not in state.received[-1]  # it became thinking_token_budget
+            assert state.received[-1]["thinking_token_budget"] == 994
+            own = {"model": "m", **CHAT, "thinking_token_budget": 7, "reasoning_effort": "low"}
+            third = await http.post("/v1/chat/completions", json=own, headers={"X-Session-ID": "p"})
+            assert third.headers["x-thrifty-budget-policy"] == "client"  # the client's own budget wins
+            assert third.headers["x-thrifty-thinking-budget"] == "7"
+            session = (await http.get("/v1/sessions/p")).json()
+            assert session["plan"] == plan
+            decisions = [turn["budgeting"] for turn in session["turns"]]
+            assert decisions == [
+                {"policy": "static", "budget": 100},
+                {"policy": "reasoning_effort", "budget": 994, "effort": "high"},
+                {"policy": "client", "budget": 7},
+            ]
+            for bad, param in (({"plan": []}, "thrifty.plan"), ({"plan": [""]}, "thrifty.plan[0]")):
+                refused = await http.post("/v1/chat/completions", json={"model": "m", **CHAT, "thrifty": bad})
+                assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+            wrong = await http.post("/v1/chat/completions", json={"model": "m", **CHAT, "reasoning_effort": "max"})
+            assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "reasoning_effort"
+
+
 async def test_memory_store_is_bounded_per_owner_and_expires() -> None:
     now = [0.0]
     store = MemorySessionStore(ttl_s=10, history=2, max_turns=3, clock=lambda: now[0])

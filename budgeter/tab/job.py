@@ -1,0 +1,230 @@
+"""``thrifty train budgeter``: GRPO training of a TAB policy on a world's outcome table, as a resumable job.
+
+Stages (the kit's :class:`~thrifty.server.kit.jobs.Job`: a rerun skips what is done and continues an
+interrupted stage from its checkpoint):
+
+- ``train:seed<k>`` for each seed: train on the serving solver's table of training problems (a tenth of
+  them held out for validation), evaluate greedily on the test table, write that seed's artifact under
+  ``seeds/seed<k>``;
+- ``artifact``: the seed with the best validation reward becomes ``policy/``, its manifest holding
+  every seed's test metrics and their mean and spread.
+
+The world folder is a ``thrifty world build`` output: its manifest names the solver(s) a budget policy
+serves, and ``tables/<solver>/{train,test}.jsonl`` and ``data/{train,test}.jsonl`` are what is read.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from thrifty.budgeter.tab.artifact import ADAPTER_DIR, PolicySpec, ProblemBudget, read_artifact, write_fast
+from thrifty.budgeter.tab.grpo import GrpoSettings
+from thrifty.budgeter.tab.train import BudgetRule, RunSettings, evaluate, train
+from thrifty.budgeter.world.build import read_chains, table_path
+from thrifty.budgeter.world.environment import TableEnv
+from thrifty.budgeter.world.outcomes import OutcomeTable
+from thrifty.server.kit.artifacts import ArtifactError, ArtifactWriter, sha256
+from thrifty.server.kit.jobs import Job, JobError, StageContext
+
+KIND = "tab training"
+LORA = (64, 128)  # the paper's rank and alpha
+
+
+@dataclass(frozen=True, slots=True)
+class TabJobOptions:
+    world: Path
+    out: Path
+    policy: Literal["fast", "llm"] = "fast"
+    all_subq: bool = False
+    budget: BudgetRule = field(default_factory=lambda: BudgetRule(tokens=320))
+    penalty: float = 0.01
+    seeds: tuple[int, ...] = (0, 1, 2)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
+    eval_every: int = 25
+    embedder: Path | None = None  # fast: a static embedder folder whose vectors join the features
+    model_dir: Path | None = None  # llm: the base model (the bundled SmolLM2 folder)
+    train_problems: int | None = None  # use only the first N training problems of the table
+    validation_problems: int | None = None  # held out of those (default: a tenth, at least one)
+    test_problems: int | None = None  # evaluate on the first N test problems (default: all)
+    solver: str | None = None  # default: the world's (first) serving solver
+
+    def settings(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["world"], data["out"] = str(self.world.resolve()), str(self.out.resolve())
+        data["embedder"] = None if self.embedder is None else str(self.embedder.resolve())
+        data["model_dir"] = None if self.model_dir is None else str(self.model_dir.resolve())
+        data["seeds"] = list(self.seeds)
+        return data
+
+
+@dataclass(frozen=True)
+class World:
+    solver: str
+    ladder: tuple[int, ...]
+    train: TableEnv
+    train_problems: list[str]
+    validation_problems: list[str]
+    test: TableEnv
+    test_problems: list[str]
+    inputs: dict[str, Any]
+
+
+def load_world(options: TabJobOptions) -> World:
+    manifest_path = options.world / "manifest.json"
+    if not manifest_path.is_file():
+        raise JobError(f"{options.world} is not a world build (no manifest.json); run `thrifty world build`")
+    manifest = json.loads(manifest_path.read_text())
+    serving = manifest.get("environment", {}).get("serving") or manifest.get("environment", {}).get("solvers")
+    solver = options.solver or (serving[0] if serving else None)
+    if solver is None:
+        raise JobError(f"{options.world}: the world's manifest names no solver a budget policy serves")
+    paths = {split: table_path(options.world, solver, split) for split in ("train", "test")}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise JobError(f"{options.world} has no {split} outcome table for {solver} ({path})")
+    train_table, test_table = OutcomeTable.read(paths["train"]), OutcomeTable.read(paths["test"])
+    train_env = TableEnv(train_table, read_chains(options.world / "data" / "train.jsonl"))
+    test_env = TableEnv(test_table, read_chains(options.world / "data" / "test.jsonl"))
+    problems = train_env.problems[: options.train_problems]
+    shuffled = random.Random(0).sample(problems, len(problems))  # the same split for every seed
+    held = options.validation_problems or max(1, len(problems) // 10)
+    if held >= len(problems):
+        raise JobError(f"{len(problems)} training problems cannot spare {held} for validation")
+    inputs = {f"table_{split}": {"path": str(path), "sha256": sha256(path)} for split, path in paths.items()}
+    return World(
+        solver=solver,
+        ladder=train_table.ladder,
+        train=train_env,
+        train_problems=sorted(shuffled[held:], key=problems.index),
+        validation_problems=sorted(shuffled[:held], key=problems.index),
+        test=test_env,
+        test_problems=test_env.problems[: options.test_problems],
+        inputs=inputs,
+    )
+
+
+def _learner(options: TabJobOptions, ladder: tuple[int, ...], seed: int) -> tuple[Any, dict[str, Any] | None]:
+    if options.policy == "llm":
+        from thrifty.budgeter.tab.llm import LlmScorer, View
+
+        if options.model_dir is None:
+            raise JobError("an llm policy needs --model-dir (the bundled SmolLM2: `thrifty models prepare`)")
+        view: View = "all" if options.all_subq else "history"
+        return LlmScorer(options.model_dir, ladder, view, options.all_subq, lora=LORA, seed=seed, batch_size=8), None
+    from thrifty.budgeter.tab.fast import FastLearner
+
+    if options.embedder is None:
+        return FastLearner(ladder, options.all_subq, seed=seed), None
+    from thrifty.router.embedding import StaticEmbedder
+
+    embedder = StaticEmbedder(options.embedder)
+    learner = FastLearner(ladder, options.all_subq, embed=embedder.encode, embedding_dim=embedder.dim, seed=seed)
+    return learner, embedder.identity
+
+
+def _spec(options: TabJobOptions, world: World, learner: Any, embedder: dict[str, Any] | None, seed: int) -> PolicySpec:
+    base = None
+    if options.policy == "llm":
+        assert options.model_dir is not None
+        weights = options.model_dir / "model.safetensors"
+        base = {"path": str(options.model_dir.resolve()), "sha256": sha256(weights) if weights.is_file() else None}
+    return PolicySpec(
+        policy=options.policy,
+        ladder=world.ladder,
+        all_subq=options.all_subq,
+        solvers=(world.solver,),
+        budget=ProblemBudget(tokens=options.budget.tokens, per_turn=options.budget.per_turn),
+        penalty=options.penalty,
+        features=tuple(getattr(learner, "names", ())),
+        hidden=int(getattr(learner, "hidden", 0)),
+        embedder=embedder,
+        base_model=base,
+        seed=seed,
+    )
+
+
+def _write_seed(
+    options: TabJobOptions,
+    world: World,
+    learner: Any,
+    embedder: dict[str, Any] | None,
+    seed: int,
+    metrics: dict[str, Any],
+) -> Path:
+    target = options.out / "seeds" / f"seed{seed}"
+    spec = _spec(options, world, learner, embedder, seed)
+    inputs = world.inputs | {"settings": options.settings()}
+    if options.policy == "fast":
+        return write_fast(
+            target,
+            spec,
+            learner.export(),
+            embedder_folder=options.embedder,
+            inputs=inputs,
+            metrics=metrics,
+            replace=True,
+        )
+    with ArtifactWriter(target, "thrifty.tab_policy", 1, replace=True) as writer:
+        (writer.staging / "policy.json").write_text(spec.model_dump_json(indent=1))
+        learner.save_adapter(writer.staging / ADAPTER_DIR)
+        return writer.commit(inputs=inputs, metrics=metrics)
+
+
+def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    job = Job(options.out, kind=KIND, settings=options.settings(), progress=progress)
+    if fresh:
+        job.fresh()
+    world = load_world(options)
+    records: dict[str, Any] = {}
+    for seed in options.seeds:
+
+        def run_seed(context: StageContext, seed: int = seed) -> dict[str, Any]:
+            learner, embedder = _learner(options, world.ladder, seed)
+            settings = RunSettings(options.budget, options.penalty, seed, options.grpo, options.eval_every)
+            with context.progress(options.grpo.steps, f"GRPO seed {seed}") as bar:
+                history = train(
+                    learner,
+                    world.train,
+                    world.train_problems,
+                    (world.train, world.validation_problems),
+                    settings,
+                    context.checkpoint,
+                    bar,
+                )
+            test = evaluate(world.test, learner, world.test_problems, options.budget, options.penalty)
+            metrics = {"validation": history["history"][-1], "test": test}
+            _write_seed(options, world, learner, embedder, seed, metrics)
+            return {"history": history["history"], "train": history["train"][-1:], **metrics}
+
+        records[f"seed{seed}"] = job.stage(f"train:seed{seed}", run_seed)
+    return job.stage("artifact", lambda context: _choose(options, records))
+
+
+def _choose(options: TabJobOptions, records: dict[str, Any]) -> dict[str, Any]:
+    best = max(records, key=lambda name: records[name]["validation"]["reward"])
+    source = options.out / "seeds" / best
+    try:
+        read_artifact(source)
+    except ArtifactError as exc:
+        raise JobError(f"the artifact of {best} is damaged ({exc}); run with --fresh") from None
+    test = {name: record["test"] for name, record in records.items()}
+    spread = {
+        key: {
+            "mean": statistics.fmean(t[key] for t in test.values()),
+            "std": statistics.stdev(t[key] for t in test.values()) if len(test) > 1 else 0.0,
+        }
+        for key in ("reward", "accuracy", "thinking", "tokens")
+    }
+    target = options.out / "policy"
+    manifest = json.loads((source / "manifest.json").read_text())
+    with ArtifactWriter(target, "thrifty.tab_policy", 1, replace=True) as writer:
+        shutil.copytree(source, writer.staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+        metrics = {"chosen_seed": best, "seeds": test, "test_over_seeds": spread}
+        writer.commit(inputs=manifest.get("inputs", {}), metrics=metrics)
+    return {"chosen": best, "policy": str(target), "test_over_seeds": spread}
