@@ -102,7 +102,7 @@ class TrainingPlan:
     solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
     boundary_fraction: float = 0.0  # of the cut examples, those cut within a few tokens of a working's end
     # Solvers whose forward and backward passes run under bfloat16 autocast (weights and optimizer stay
-    # float32): ~1.6× faster on CPUs with AVX512-BF16 or AMX, slower on CPUs without.
+    # float32): ~1.5× faster on CPUs with AVX512-BF16 or AMX, slower on CPUs without.
     bf16: tuple[str, ...] = ()
     autocast: bool = False  # this plan's solver trains under bfloat16 autocast (set by for_solver)
 

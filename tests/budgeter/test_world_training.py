@@ -186,6 +186,9 @@ def test_a_solver_can_have_its_own_schedule_length(tmp_path: Path) -> None:
     plan = _plan(steps=6, solver_steps={"small": 9})
     assert plan.for_solver("small").steps == 9 and plan.for_solver("small").solver_steps == {}
     assert plan.for_solver("other") == _plan(steps=6)
+    mixed = _plan(bf16=("small",))
+    assert mixed.for_solver("small").autocast and not mixed.for_solver("other").autocast
+    assert load_specs().training["full"].for_solver("dense-m").autocast  # bfloat16 buys dense-m its steps
     with pytest.raises(ValueError, match="solver_steps"):
         _plan(solver_steps={"small": 0})
     spec = yaml.safe_load(SPEC_FILE.read_text())
