@@ -155,6 +155,7 @@ def plot(summaries: dict[str, dict[str, Any]], environment: dict[str, dict[str, 
             axis.grid(alpha=0.3)
         top.set_title(name)
         bottom.set_yscale("symlog", linthresh=16)
+        bottom.set_ylim(bottom=0)  # tokens are never negative: no mirrored half below the axis
         bottom.set_xlabel("thinking_token_budget")
     axes[0][0].set_ylabel("turn accuracy")
     axes[1][0].set_ylabel("thinking tokens used per turn")
