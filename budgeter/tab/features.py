@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -177,7 +177,7 @@ def _names(text: str) -> list[str]:
 def featurize(
     contexts: Sequence[Context],
     all_subq: bool,
-    embed: object | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
     """(len(contexts), features) float32: the scalars, then the embedder's vector of each sub-question.
 
@@ -186,7 +186,7 @@ def featurize(
     rows = np.asarray([scalars(c, all_subq) for c in contexts], dtype=np.float32).reshape(len(contexts), -1)
     if embed is None:
         return rows
-    vectors = np.asarray(embed([c.sub_question or " " for c in contexts]), dtype=np.float32)  # type: ignore[operator]
+    vectors = np.asarray(embed([c.sub_question or " " for c in contexts]), dtype=np.float32)
     return np.concatenate([rows, vectors.reshape(len(contexts), -1)], axis=1)
 
 

@@ -24,5 +24,5 @@ async def test_a_policy_returning_nonsense_is_caught() -> None:
 
 
 def test_unknown_policy() -> None:
-    with pytest.raises(ValueError, match="unknown budgeter 'tab'"):
-        build_budgeter("tab", {})
+    with pytest.raises(ValueError, match="unknown budgeter 'nope'; choose one of: none, static, tab, table"):
+        build_budgeter("nope", {})

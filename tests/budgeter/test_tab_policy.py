@@ -136,7 +136,7 @@ def test_artifacts_round_trip_and_refuse_what_they_cannot_serve(tmp_path: Path) 
     with pytest.raises(ValueError, match="differ from its spec"):
         write_fast(tmp_path / "other", other, policy)
     raw = json.loads((folder / "policy.json").read_text())
-    assert raw["budget"] == {"tokens": 300} and raw["solvers"] == ["dense-s"]
+    assert raw["budget"] == {"tokens": 300, "per_turn": None} and raw["solvers"] == ["dense-s"]
 
 
 def test_the_heuristic_calibrates_a_level_per_amount_of_work() -> None:

@@ -13,7 +13,7 @@ def test_routers_and_budgeters_share_it() -> None:
     assert isinstance(ROUTERS, Registry) and isinstance(BUDGETERS, Registry)
     assert issubclass(ROUTERS.load("cheapest"), Router) and issubclass(BUDGETERS.load("table"), Budgeter)
     assert BUDGETERS.build("static", {"budget": 5}).status() == {"budget": 5}
-    with pytest.raises(ValueError, match="unknown budgeter 'nope'; choose one of: none, static, table"):
+    with pytest.raises(ValueError, match="unknown budgeter 'nope'; choose one of: none, static, tab, table"):
         BUDGETERS.load("nope")
     with pytest.raises(ValueError, match="budgeter 'static': invalid options"):
         BUDGETERS.build("static", {"budgett": 5})
