@@ -169,7 +169,8 @@ def load_specs(path: Path = SPEC_FILE) -> WorldSpec:
     data = yaml.safe_load(path.read_text())
     solvers = {name: SolverSpec(name=name, **values) for name, values in data["solvers"].items()}
     training = {
-        name: TrainingPlan(**(values | {"bf16": tuple(values.get("bf16", ()))})) for name, values in data["training"].items()
+        name: TrainingPlan(**(values | {"bf16": tuple(values.get("bf16", ()))}))
+        for name, values in data["training"].items()
     }
     for mode, plan in training.items():
         unknown = sorted((set(plan.solver_steps) | set(plan.bf16)) - set(solvers))
