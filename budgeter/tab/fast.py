@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from thrifty.budgeter.tab.features import Context, feature_names, state_scalars, text_scalars
-from thrifty.budgeter.tab.policy import NEG, FastPolicy
+from thrifty.budgeter.tab.policy import FastPolicy, masked_log_softmax
 
 if TYPE_CHECKING:
     import torch
@@ -94,18 +94,11 @@ class FastLearner:
         x = (self.features(contexts) - self.mean) / self.scale
         return network(torch.from_numpy(x))  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _log_softmax(logits: torch.Tensor, masks: np.ndarray, temperature: float) -> torch.Tensor:
-        import torch
-
-        allowed = torch.from_numpy(np.asarray(masks, dtype=bool))
-        return torch.log_softmax(torch.where(allowed, logits / temperature, torch.tensor(NEG)), dim=-1)
-
     def probabilities(self, contexts: Sequence[Context], masks: np.ndarray, temperature: float) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            logp = self._log_softmax(self._logits(self.network, contexts), masks, temperature)
+            logp = masked_log_softmax(self._logits(self.network, contexts), masks, temperature)
         return np.where(masks, np.exp(logp.numpy()), 0.0)
 
     def log_probs(
@@ -114,9 +107,9 @@ class FastLearner:
         import torch
 
         index = torch.from_numpy(np.asarray(actions, dtype=np.int64))[:, None]
-        new = self._log_softmax(self._logits(self.network, contexts), masks, temperature).gather(1, index)[:, 0]
+        new = masked_log_softmax(self._logits(self.network, contexts), masks, temperature).gather(1, index)[:, 0]
         with torch.no_grad():
-            ref = self._log_softmax(self._logits(self.reference, contexts), masks, temperature).gather(1, index)[:, 0]
+            ref = masked_log_softmax(self._logits(self.reference, contexts), masks, temperature).gather(1, index)[:, 0]
         return new, ref
 
     # --- export ----------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 
 from thrifty.budgeter.tab.difficulty import text_of
 from thrifty.budgeter.tab.features import Context
-from thrifty.budgeter.tab.policy import NEG
+from thrifty.budgeter.tab.policy import masked_log_softmax
 
 if TYPE_CHECKING:
     import torch
@@ -171,18 +171,11 @@ class LlmScorer:
             outputs.append(logits[:, self.letters])
         return torch.cat(outputs) if outputs else torch.zeros((0, len(self.ladder)))
 
-    @staticmethod
-    def _log_softmax(logits: torch.Tensor, masks: np.ndarray, temperature: float) -> torch.Tensor:
-        import torch
-
-        allowed = torch.from_numpy(np.asarray(masks, dtype=bool))
-        return torch.log_softmax(torch.where(allowed, logits / temperature, torch.tensor(NEG)), dim=-1)
-
     def probabilities(self, contexts: Sequence[Context], masks: np.ndarray, temperature: float) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            logp = self._log_softmax(self._letter_logits(contexts), masks, temperature)
+            logp = masked_log_softmax(self._letter_logits(contexts), masks, temperature)
         return np.where(masks, np.exp(logp.numpy()), 0.0)
 
     def choose(self, context: Context, mask: np.ndarray) -> tuple[int, np.ndarray]:
@@ -200,11 +193,11 @@ class LlmScorer:
         index = torch.from_numpy(np.asarray(actions, dtype=np.int64))[:, None]
         self.model.train()
         try:
-            new = self._log_softmax(self._letter_logits(contexts), masks, temperature).gather(1, index)[:, 0]
+            new = masked_log_softmax(self._letter_logits(contexts), masks, temperature).gather(1, index)[:, 0]
         finally:
             self.model.eval()
         with torch.no_grad():
-            ref = self._log_softmax(self._letter_logits(contexts, reference=True), masks, temperature)
+            ref = masked_log_softmax(self._letter_logits(contexts, reference=True), masks, temperature)
         return new, ref.gather(1, index)[:, 0]
 
     def parameters(self) -> Any:

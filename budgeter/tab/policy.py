@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 NEG = -1e9
 
@@ -34,6 +38,14 @@ def masked_softmax(logits: np.ndarray, mask: np.ndarray, temperature: float = 1.
     weights = np.where(mask, np.exp(scaled), 0.0)
     total = weights.sum(axis=-1, keepdims=True)
     return np.asarray(weights / np.where(total > 0, total, 1.0))
+
+
+def masked_log_softmax(logits: torch.Tensor, masks: np.ndarray, temperature: float) -> torch.Tensor:
+    """The torch form of :func:`masked_softmax`, in logs: what the learners' GRPO ratios are made of."""
+    import torch
+
+    allowed_t = torch.from_numpy(np.asarray(masks, dtype=bool))
+    return torch.log_softmax(torch.where(allowed_t, logits / temperature, torch.tensor(NEG)), dim=-1)
 
 
 @dataclass(frozen=True)
