@@ -101,6 +101,7 @@ class TrainingPlan:
     checkpoint_every_s: float
     solver_steps: dict[str, int] = field(default_factory=dict)  # a solver's own schedule length, if not `steps`
     boundary_fraction: float = 0.0  # of the cut examples, those cut within a few tokens of a working's end
+    end_fraction: float = 0.0  # of the boundary cuts, those exactly at a working's end (the rest land around it)
     # Solvers whose forward and backward passes run under bfloat16 autocast (weights and optimizer stay
     # float32): ~1.5× faster on CPUs with AVX512-BF16 or AMX, slower on CPUs without.
     bf16: tuple[str, ...] = ()
@@ -111,8 +112,8 @@ class TrainingPlan:
             raise ValueError("a training plan needs steps ≥ 1, batch_size ≥ 1 and max_minutes > 0")
         if not 0 <= self.truncated_fraction < 1:
             raise ValueError("truncated_fraction must be in [0, 1)")
-        if not 0 <= self.boundary_fraction <= 1:
-            raise ValueError("boundary_fraction must be in [0, 1]")
+        if not 0 <= self.boundary_fraction <= 1 or not 0 <= self.end_fraction <= 1:
+            raise ValueError("boundary_fraction and end_fraction must be in [0, 1]")
         if any(steps < 1 for steps in self.solver_steps.values()):
             raise ValueError("solver_steps must be ≥ 1")
 

@@ -6,7 +6,9 @@ with the answer. A fraction of examples have their thinking cut at a random poin
 forced right there, as vLLM's thinking budget does; in those the loss covers only the answer, which is
 the best result so far (the latest completed working's), so the model learns to answer from partial
 thinking without learning to stop thinking early by itself. Some of the cuts land next to the end of
-a working, where that answer changes (``boundary_fraction``).
+a working, where that answer changes (``boundary_fraction``), many of those exactly at it
+(``end_fraction``): a budget that stops thinking right after ``=40`` leaves the solver to tell 40
+from the first digits of 400, which small solvers get wrong unless trained on it.
 
 Checkpoints (model, AdamW state as safetensors, progress as JSON) are written atomically every
 ``checkpoint_every_s``; a restarted job continues from the last one. The batch of step ``s`` depends
@@ -158,6 +160,8 @@ class Batches:
         """
         if example.answers and rng.random() < self.plan.boundary_fraction:
             position = example.answers[rng.randrange(len(example.answers))][0]
+            if rng.random() < self.plan.end_fraction:
+                return position
             return min(len(example.thinking), max(0, position + rng.randint(-BOUNDARY, BOUNDARY)))
         return rng.randrange(len(example.thinking) + 1)
 

@@ -112,8 +112,9 @@ def test_boundary_cuts_land_next_to_where_a_working_is_complete(chains: list) ->
     examples = make_examples(chains, tokenizer)
     end = tokenizer.convert_tokens_to_ids(THINK_END)
 
-    def distances(boundary_fraction: float) -> list[int]:
-        batches = Batches(examples, _plan(truncated_fraction=0.99, boundary_fraction=boundary_fraction), 1, end, 0)
+    def distances(boundary_fraction: float, end_fraction: float = 0.0) -> list[int]:
+        plan = _plan(truncated_fraction=0.99, boundary_fraction=boundary_fraction, end_fraction=end_fraction)
+        batches = Batches(examples, plan, 1, end, 0)
         found = []
         for step in range(60):
             rng = random.Random(step)
@@ -126,8 +127,13 @@ def test_boundary_cuts_land_next_to_where_a_working_is_complete(chains: list) ->
     assert all(d <= BOUNDARY for d in distances(1.0))
     near = sum(d <= BOUNDARY for d in distances(0.0)) / len(distances(0.0))
     assert near < 0.5  # uniform cuts rarely land there: the reason boundary cuts exist
+    assert all(d == 0 for d in distances(1.0, end_fraction=1.0))  # exactly where a result is complete
+    exact = [d == 0 for d in distances(1.0, end_fraction=0.5)]
+    assert 0.45 < sum(exact) / len(exact) < 0.75  # half exact, and ±3 lands exactly once in 7 of the rest
     with pytest.raises(ValueError, match="boundary_fraction"):
         _plan(boundary_fraction=1.5)
+    with pytest.raises(ValueError, match="end_fraction"):
+        _plan(end_fraction=-0.1)
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_MOE], ids=["dense", "moe"])
