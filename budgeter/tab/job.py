@@ -177,6 +177,8 @@ def _write_seed(
 
 
 def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) the job; returns the artifact stage's record and, under ``seeds``, each seed's
+    (validation history, last training step, validation and test metrics)."""
     job = Job(options.out, kind=KIND, settings=options.settings(), progress=progress)
     if fresh:
         job.fresh()
@@ -203,7 +205,7 @@ def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) 
             return {"history": history["history"], "train": history["train"][-1:], **metrics}
 
         records[f"seed{seed}"] = job.stage(f"train:seed{seed}", run_seed)
-    return job.stage("artifact", lambda context: _choose(options, records))
+    return job.stage("artifact", lambda context: _choose(options, records)) | {"seeds": records}
 
 
 def _choose(options: TabJobOptions, records: dict[str, Any]) -> dict[str, Any]:

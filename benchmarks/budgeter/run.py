@@ -1,0 +1,250 @@
+"""TAB against every baseline on the reasoning world's test table: accuracy against thinking tokens.
+
+For each problem budget B (and penalty λ), train TAB and TAB All-SubQ with ``thrifty train budgeter``'s
+job (one per seed, resumable under --work), then play every policy greedily on the test problems
+(never trained on): the static levels, the uniform split of B, the difficulty heuristic, the LLM judge
+(SmolLM2 zero-shot, three views), TAB, TAB All-SubQ and the oracle. Savings are against the static
+frontier at equal accuracy (:mod:`thrifty.budgeter.tab.compare`).
+
+    .venv/bin/python benchmarks/budgeter/run.py --world data/world --work data/tab-bench \\
+        --budgets 64/turn 128/turn 256/turn --lambdas 0.01 --seeds 0 1 2
+
+Writes results.json, curves.png and training.png under --report and prints the tables RESULTS.md holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from thrifty.budgeter.tab import baselines
+from thrifty.budgeter.tab.compare import Point, frontier, over_seeds, play, saving
+from thrifty.budgeter.tab.features import context_of
+from thrifty.budgeter.tab.grpo import GrpoSettings
+from thrifty.budgeter.tab.job import TabJobOptions, load_world, run_job
+from thrifty.budgeter.tab.policy import allowed
+from thrifty.budgeter.tab.train import BudgetRule
+from thrifty.budgeter.world.build import read_chains
+from thrifty.budgeter.world.chat_format import messages_for
+from thrifty.budgeter.world.environment import Observation, Policy, oracle_allocation, static
+
+VARIANTS = {"tab": False, "tab-allsubq": True}
+
+
+def judge_policy(scorer: Any, rule: BudgetRule) -> Policy:
+    """The LLM judge as an environment policy: its greedy letter among the levels that fit."""
+
+    def policy(observation: Observation) -> int:
+        context = context_of(observation, rule(observation.problem, observation.turns), scorer.all_subq)
+        level, _ = scorer.choose(context, allowed(scorer.ladder, context.remaining))
+        return int(level)
+
+    return policy
+
+
+def oracle_point(world: Any, problems: list[str]) -> Point:
+    table = world.test.table
+    solved = thinking = tokens = 0.0
+    for problem in problems:
+        ok, budgets, used = oracle_allocation(table, problem)
+        rows = table.problems()[problem]
+        solved += ok
+        thinking += sum(r.outcome(b).thinking_tokens for r, b in zip(rows, budgets, strict=True))
+        tokens += used
+    return Point("oracle", solved / len(problems), thinking / len(problems), tokens / len(problems))
+
+
+def baseline_points(world: Any, folder: Path, rule: BudgetRule, judges: dict[str, Any]) -> list[Point]:
+    """The heuristic (calibrated on the training table), the uniform split and the judges, under B."""
+    problems = world.test_problems
+    chains = {c.id: c for c in read_chains(folder / "data" / "train.jsonl")}
+    heuristic = baselines.calibrate_heuristic(world.train.table, lambda p, t: messages_for(chains[p], t))
+    ladder = world.ladder
+    points = [
+        play(world.test, problems, baselines.budgeted(heuristic, ladder, rule), "heuristic"),
+        play(
+            world.test,
+            problems,
+            baselines.budgeted(baselines.uniform(ladder, lambda c: len(c.plan or ())), ladder, rule, all_subq=True),
+            "uniform",
+        ),
+    ]
+    for view, scorer in judges.items():
+        started = time.monotonic()
+        points.append(play(world.test, problems, judge_policy(scorer, rule), f"judge-{view}"))
+        print(f"  judge-{view}: {time.monotonic() - started:.0f} s", flush=True)
+    return points
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def table_lines(config: str, points: list[Point], statics: list[Point]) -> list[str]:
+    curve = frontier(statics)
+    best = max(statics, key=lambda p: (p.accuracy, -p.thinking))
+    lines = [
+        f"### {config}",
+        "",
+        "| policy | problem accuracy (%) | thinking per problem | saving vs static at equal accuracy "
+        "| vs best static (accuracy, thinking) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for p in [*statics, *points]:
+        accuracy = _pct(p.accuracy) + (f" ± {_pct(p.accuracy_std)}" if p.runs > 1 else "")
+        thinking = f"{p.thinking:.1f}" + (f" ± {p.thinking_std:.1f}" if p.runs > 1 else "")
+        versus = f"{100 * (p.accuracy - best.accuracy):+.1f} pts, {100 * (p.thinking / best.thinking - 1):+.1f} %"
+        lines.append(f"| {p.name} | {accuracy} | {thinking} | {100 * saving(p, curve):.1f} % | {versus} |")
+    return [*lines, ""]
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        statics = [Point(**p) for p in result["static"]]
+        curve = frontier(statics)
+        ax.plot([p.thinking for p in curve], [100 * p.accuracy for p in curve], "k-", lw=1, label="static frontier")
+        for p in statics:
+            ax.annotate(p.name.removeprefix("static-"), (p.thinking, 100 * p.accuracy), fontsize=7, alpha=0.7)
+        ax.scatter([p.thinking for p in statics], [100 * p.accuracy for p in statics], c="k", s=12)
+        for raw in result["policies"]:
+            p = Point(**raw)
+            ax.errorbar(
+                p.thinking,
+                100 * p.accuracy,
+                xerr=p.thinking_std or None,
+                yerr=100 * p.accuracy_std or None,
+                fmt="o" if p.name.startswith("tab") else "s",
+                ms=6 if p.name.startswith("tab") else 4,
+                label=p.name,
+                capsize=2,
+            )
+        ax.set_title(f"B = {result['budget']}, λ = {result['penalty']:g}")
+        ax.set_xlabel("thinking tokens used per problem")
+        ax.set_ylabel("problems solved (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_training(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        for variant, seeds in result["histories"].items():
+            for seed, history in seeds.items():
+                ax.plot(
+                    [h["step"] for h in history],
+                    [h["reward"] for h in history],
+                    "-" if variant == "tab" else "--",
+                    lw=1,
+                    label=f"{variant} {seed}",
+                )
+        ax.set_title(f"validation reward, B = {result['budget']}, λ = {result['penalty']:g}")
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True, help="job folders (resumed when rerun)")
+    parser.add_argument("--report", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--budgets", nargs="+", default=["64/turn", "128/turn", "256/turn"])
+    parser.add_argument("--lambdas", nargs="+", type=float, default=[0.01])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=GrpoSettings().steps)
+    parser.add_argument("--problems-per-step", type=int, default=GrpoSettings().problems_per_step)
+    parser.add_argument("--group", type=int, default=GrpoSettings().group)
+    parser.add_argument("--lr", type=float, default=GrpoSettings().learning_rate)
+    parser.add_argument("--beta", type=float, default=GrpoSettings().beta)
+    parser.add_argument("--judge-model", type=Path, default=None, help="SmolLM2 folder: adds the LLM judge")
+    parser.add_argument("--test-problems", type=int, default=None)
+    args = parser.parse_args()
+
+    grpo = GrpoSettings(
+        steps=args.steps,
+        problems_per_step=args.problems_per_step,
+        group=args.group,
+        learning_rate=args.lr,
+        beta=args.beta,
+    )
+    results: list[dict[str, Any]] = []
+    judges: dict[str, Any] = {}
+    text: list[str] = []
+    for budget_text in args.budgets:
+        rule = BudgetRule.parse(budget_text)
+        for penalty in args.lambdas:
+            config = f"B = {rule.label()}, λ = {penalty:g}"
+            print(f"== {config}", flush=True)
+            base = TabJobOptions(
+                world=args.world,
+                out=args.work,
+                budget=rule,
+                penalty=penalty,
+                seeds=tuple(args.seeds),
+                grpo=grpo,
+                test_problems=args.test_problems,
+            )
+            world = load_world(base)
+            if args.judge_model is not None and not judges:
+                from thrifty.budgeter.tab.llm import VIEWS, LlmScorer
+
+                judges = {v: LlmScorer(args.judge_model, world.ladder, v, all_subq=v == "all") for v in VIEWS}
+            problems = world.test_problems
+            statics = [play(world.test, problems, static(b), f"static-{b}") for b in world.ladder]
+            policies = baseline_points(world, args.world, rule, judges)
+            histories: dict[str, Any] = {}
+            for variant, all_subq in VARIANTS.items():
+                folder = args.work / f"{rule.label().replace('/', '-per-')}_lambda{penalty:g}" / variant
+                options = TabJobOptions(**{**base.__dict__, "out": folder, "all_subq": all_subq})
+                record = run_job(options)
+                runs = [
+                    Point(f"{variant} {name}", **{k: seed["test"][k] for k in ("accuracy", "thinking", "tokens")})
+                    for name, seed in record["seeds"].items()
+                ]
+                policies.append(over_seeds(variant, runs))
+                histories[variant] = {name: seed["history"] for name, seed in record["seeds"].items()}
+            policies.append(oracle_point(world, problems))
+            results.append(
+                {
+                    "budget": rule.label(),
+                    "penalty": penalty,
+                    "problems": len(problems),
+                    "static": [p.to_json() for p in statics],
+                    "policies": [p.to_json() for p in policies],
+                    "histories": histories,
+                }
+            )
+            lines = table_lines(config, policies, statics)
+            print("\n".join(lines), flush=True)
+            text += lines
+    args.report.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (args.report / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
+    (args.report / "tables.md").write_text("\n".join(text))
+    plot(results, args.report / "curves.png")
+    plot_training(results, args.report / "training.png")
+    print(f"wrote {args.report}/results.json, tables.md, curves.png, training.png")
+
+
+if __name__ == "__main__":
+    main()
