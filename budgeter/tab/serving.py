@@ -23,19 +23,22 @@ of milliseconds (benchmarks/budgeter/RESULTS.md).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
 from thrifty.budgeter.base import BudgetDecision, Budgeter, BudgetRequest
 from thrifty.budgeter.tab.artifact import EMBEDDER_DIR, TabArtifact, read_artifact
-from thrifty.budgeter.tab.features import Context, featurize
+from thrifty.budgeter.tab.features import Context, context_of, featurize
 from thrifty.budgeter.tab.policy import allowed
 from thrifty.server.kit.artifacts import ArtifactError
 from thrifty.server.kit.reload import ArtifactSlot
+
+if TYPE_CHECKING:
+    from thrifty.budgeter.world.environment import Observation, Policy
 
 DEFAULT_FALLBACK: dict[str, dict[str, Any]] = {"static": {"budget": 256}}
 
@@ -142,15 +145,35 @@ class TabBudgeter(Budgeter):
             decided = await self.fallback.explain(request)
             return BudgetDecision(decided.budget, f"fallback:{decided.policy}", decided.detail)
         context = context_of_request(request, spec.all_subq)
-        mask = allowed(spec.ladder, context.remaining)
         if loaded.scorer is not None:
             async with loaded.lock:
-                budget, probabilities = await asyncio.to_thread(loaded.scorer.choose, context, mask)
-        else:
-            assert loaded.artifact.fast is not None
-            features = featurize([context], spec.all_subq, loaded.embed)[0]
-            probabilities = loaded.artifact.fast.distribution(features[None, :], mask[None, :])[0]
-            budget = spec.ladder[int(np.argmax(probabilities))] if mask.any() else 0
-        shares = zip(spec.ladder, probabilities, strict=True)
-        detail = {"distribution": {str(level): round(float(p), 4) for level, p in shares}}
-        return BudgetDecision(budget, f"tab:{spec.policy}", detail)
+                return await asyncio.to_thread(decide, loaded, context)
+        return decide(loaded, context)
+
+
+def decide(loaded: _Loaded, context: Context) -> BudgetDecision:
+    """The policy's greedy level among those that fit in what is left of B (0 when none does)."""
+    spec = loaded.artifact.spec
+    mask = allowed(spec.ladder, context.remaining)
+    if loaded.scorer is not None:
+        budget, probabilities = loaded.scorer.choose(context, mask)
+    else:
+        assert loaded.artifact.fast is not None
+        features = featurize([context], spec.all_subq, loaded.embed)[0]
+        probabilities = loaded.artifact.fast.distribution(features[None, :], mask[None, :])[0]
+        budget = spec.ladder[int(np.argmax(probabilities))] if mask.any() else 0
+    shares = zip(spec.ladder, probabilities, strict=True)
+    detail = {"distribution": {str(level): round(float(p), 4) for level, p in shares}}
+    return BudgetDecision(budget, f"tab:{spec.policy}", detail)
+
+
+def environment_policy(folder: Path, budget: Callable[[str, int], int | None]) -> Policy:
+    """A TAB artifact as a budget-environment policy, deciding with the gateway's own code: what the
+    table predicts the gateway will do. ``budget``: (problem, turns) → B."""
+    loaded = _Loaded(folder)
+
+    def policy(observation: Observation) -> int:
+        context = context_of(observation, budget(observation.problem, observation.turns), loaded.artifact.spec.all_subq)
+        return int(decide(loaded, context).budget or 0)
+
+    return policy

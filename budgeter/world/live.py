@@ -34,7 +34,11 @@ class GatewayError(RuntimeError):
     """The gateway for the live check did not start."""
 
 
-def gateway_config(spec: SolverSpec, backend_url: str, port: int, data_dir: Path) -> dict[str, Any]:
+def gateway_config(
+    spec: SolverSpec, backend_url: str, port: int, data_dir: Path, budgeter: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One solver behind the gateway; ``budgeter``: its budget policy (default: static, as the live check
+    sends its own ``thinking_token_budget``)."""
     return {
         "server": {"host": "127.0.0.1", "port": port},
         "data_dir": str(data_dir),
@@ -49,18 +53,18 @@ def gateway_config(spec: SolverSpec, backend_url: str, port: int, data_dir: Path
             }
         ],
         "router": {"cheapest": {}},
-        "budgeter": {"static": {"budget": 64}},  # the live check sends its own thinking_token_budget
+        "budgeter": budgeter or {"static": {"budget": 64}},
         "limits": {"answer_tokens": ANSWER_ALLOWANCE},
     }
 
 
 @contextmanager
-def gateway(spec: SolverSpec, backend_url: str, folder: Path) -> Iterator[str]:
+def gateway(spec: SolverSpec, backend_url: str, folder: Path, budgeter: dict[str, Any] | None = None) -> Iterator[str]:
     """``thrifty serve`` in front of one running solver; yields its URL, stops it after."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = folder / f"gateway-{spec.name}.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(spec, backend_url, port, folder / "gateway-data")))
+    config.write_text(yaml.safe_dump(gateway_config(spec, backend_url, port, folder / "gateway-data", budgeter)))
     log_path = folder / f"gateway-{spec.name}.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY,
 from thrifty.budgeter.world.build import read_chains
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START, thinking_allowed
 from thrifty.budgeter.world.environment import LiveEnv, TableEnv, compare_live, run_episode, static
-from thrifty.budgeter.world.outcomes import OutcomeTable
+from thrifty.budgeter.world.outcomes import UNLIMITED, OutcomeTable
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
 from thrifty.server.kit.artifacts import sha256
@@ -228,3 +231,127 @@ def test_the_environment_api_against_the_live_solver(gateway: str, world: Path) 
     )
     assert set(report) == {str(environment.ladder[0]), "none"}
     assert all(0 <= row["same_outcome"] <= 1 and row["tokens_live"] > 0 for row in report.values())
+
+
+# --- TAB behind the gateway ----------------------------------------------------------------------------
+
+EASY, HARD = "x1 = 12+30", "x2 = x1*4587"  # 2 and 8 digit operations: the world's easy and hard buckets
+
+
+def _relabelled_world(world: Path, folder: Path) -> Path:
+    """The quick world with its dense-s tables relabelled: each turn right at the rungs that cover it
+    (easy turns from 16 on, the others from 64), tokens as the quick solver used them.
+
+    The quick solvers train for 40 steps and get every turn wrong, which leaves GRPO nothing to learn
+    from; the relabelled table is what a solver that never slips would give, so a policy trained on it
+    has one right answer per turn that the test can hold the gateway to."""
+    shutil.copytree(world / "data", folder / "data")
+    shutil.copy(world / "manifest.json", folder / "manifest.json")
+    for split in ("train", "test"):
+        table = OutcomeTable.read(world / "tables" / "dense-s" / f"{split}.jsonl")
+        rows = []
+        for row in table.rows:
+            needs = 16 if row.bucket == "easy" else 64
+            levels = {
+                key: replace(outcome, correct=key == UNLIMITED or (key.isdigit() and int(key) >= needs and key != "0"))
+                for key, outcome in row.levels.items()
+            }
+            rows.append(replace(row, levels=levels))
+        target = folder / "tables" / "dense-s" / f"{split}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace(table, rows=tuple(rows)).write(target)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tab_artifact(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`thrifty train budgeter` on the relabelled quick table: B = 60 tokens per sub-question, which
+    fits a hard turn's 64 only when the easy turns took 16."""
+    folder = tmp_path_factory.mktemp("tab")
+    relabelled = _relabelled_world(world, folder / "world")
+    command = [
+        *THRIFTY, "train", "budgeter", "--world", str(relabelled), "--out", str(folder / "job"),
+        "--budget", "60/turn", "--lambda", "0.01", "--seeds", "0", "--steps", "80",
+        "--problems-per-step", "8", "--group", "8", "--lr", "0.03",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
+    assert done.returncode == 0, f"thrifty train budgeter failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    policy = folder / "job" / "policy"
+    manifest = json.loads((policy / "manifest.json").read_text())
+    assert manifest["kind"] == "thrifty.tab_policy"
+    for path, digest in manifest["files"].items():
+        assert sha256(policy / path) == digest, path
+    return policy
+
+
+@pytest.fixture(scope="module")
+def tab_gateway(
+    world_config: dict[str, Any], gateway: str, tab_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second gateway with the TAB budgeter, in front of the dense-s vLLM the first one launched."""
+    (launch,) = [b["launch"] for b in world_config["backends"] if b["name"] == "dense-s"]
+    folder = tmp_path_factory.mktemp("tab-gateway")
+    config = {
+        "data_dir": str(DATA_DIR),
+        "backends": [
+            {
+                "name": "dense-s",
+                "model": "dense-s",
+                "url": f"http://127.0.0.1:{launch['port']}",
+                "reasoning": True,
+                "context_length": 4096,
+            }
+        ],
+        "router": {"cheapest": {}},
+        "budgeter": {"tab": {"artifact": str(tab_artifact)}},
+        "limits": {"answer_tokens": world_config["limits"]["answer_tokens"]},
+    }
+    path = folder / "tab.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = folder / "serve.log"
+    process = serve_process(["--config", str(path), "--port", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log, timeout=300)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def test_tab_budgets_an_easy_and_a_hard_turn_apart_and_the_ledger_is_exact(tab_gateway: str) -> None:
+    from thrifty.budgeter.tab.difficulty import estimate
+    from thrifty.budgeter.world.chains import bucket
+
+    assert bucket(estimate(EASY, {}).digit_steps) == "easy"
+    assert bucket(estimate(HARD, {"x1": Decimal(42)}).digit_steps) == "hard"
+    client = openai.OpenAI(base_url=f"{tab_gateway}/v1", api_key="unused", max_retries=0, timeout=120)
+    messages: list[dict[str, str]] = [{"role": "user", "content": EASY}]
+    budgets, completions = [], 0
+    for turn, question in enumerate((EASY, HARD)):
+        if turn:
+            messages.append({"role": "user", "content": question})
+        raw = client.chat.completions.with_raw_response.create(
+            model="dense-s",
+            messages=messages,  # type: ignore[arg-type]
+            extra_headers={"X-Session-ID": "tab-1"},
+            extra_body={"thrifty": {"budget": 120}} if turn == 0 else None,
+        )
+        assert raw.headers["x-thrifty-budget-policy"] == "tab:fast"
+        budget = int(raw.headers["x-thrifty-thinking-budget"])
+        response = raw.parse()
+        assert response.usage is not None
+        completions += response.usage.completion_tokens
+        thinking = getattr(response.choices[0].message, "reasoning", None) or ""
+        assert len(thinking.encode()) <= thinking_allowed(budget)
+        budgets.append(budget)
+        messages.append({"role": "assistant", "content": "x1 is 42"})  # the right history, as a client keeps it
+    assert budgets == [16, 64]  # the easy turn leaves room in B = 120 for the hard one
+    session = httpx.get(f"{tab_gateway}/v1/sessions/tab-1", timeout=10).json()
+    assert session["budget"] == 120 and session["turn_count"] == 2
+    assert session["spent"] == completions == sum(t["completion_tokens"] for t in session["turns"])
+    for turn, budget in zip(session["turns"], budgets, strict=True):
+        assert turn["thinking_budget"] == budget
+        decision = turn["budgeting"]
+        assert decision["policy"] == "tab:fast" and set(decision["distribution"]) == {"16", "64"}
+        assert max(decision["distribution"], key=decision["distribution"].get) == str(budget)
