@@ -13,9 +13,9 @@ from thrifty.budgeter.tab.artifact import PolicySpec, ProblemBudget, write_fast
 from thrifty.budgeter.tab.fast import FastLearner
 from thrifty.budgeter.tab.features import context_of, featurize
 from thrifty.budgeter.tab.grpo import GrpoSettings
-from thrifty.budgeter.tab.serving import TabBudgeter, context_of_request
+from thrifty.budgeter.tab.serving import TabBudgeter, context_of_request, environment_policy
 from thrifty.budgeter.tab.train import RunSettings, train
-from thrifty.budgeter.world.environment import TableEnv
+from thrifty.budgeter.world.environment import TableEnv, run_episode
 from thrifty.server.sessions.model import Session, Turn
 
 
@@ -105,3 +105,12 @@ async def test_a_broken_artifact_is_refused_and_the_loaded_policy_keeps_serving(
     with pytest.raises(ValueError, match="TAB policy .*no manifest.json"):
         TabBudgeter(str(tmp_path / "missing"))
     assert budgeter.status()["solvers"] == ["dense-s"]
+
+
+def test_the_artifact_plays_the_table_as_the_gateway_decides(trained: Path) -> None:
+    """environment_policy (what the live benchmark predicts with) runs the gateway's decision code."""
+    env = TableEnv(world_tables.table(hard_right_at_64=True), world_tables.chains())
+    episode = run_episode(env, "p1", environment_policy(trained, lambda problem, turns: 200))
+    assert episode.budgets == (16, 64) and episode.correct
+    starved = run_episode(env, "p1", environment_policy(trained, lambda problem, turns: 40))
+    assert starved.budgets == (16, 16) and not starved.correct  # 64 never fits in B = 40
