@@ -103,7 +103,7 @@ def main() -> None:
     table = OutcomeTable.read(table_path(args.world, solver, "test"))
     chains = {c.id: c for c in read_chains(args.world / "data" / "test.jsonl")}
     problems = list(table.problems())[: args.problems]
-    env = TableEnv(table, [chains[p] for p in problems])
+    env = TableEnv(table, [chains[p] for p in table.problems()])
     predicted = {
         "tab": [run_episode(env, p, environment_policy(args.artifact, rule)) for p in problems],
         f"static-{args.static}": [run_episode(env, p, static(args.static)) for p in problems],

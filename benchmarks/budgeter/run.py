@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,7 @@ def main() -> None:
             histories: dict[str, Any] = {}
             for variant, all_subq in VARIANTS.items():
                 folder = args.work / f"{rule.label().replace('/', '-per-')}_lambda{penalty:g}" / variant
-                options = TabJobOptions(**{**base.__dict__, "out": folder, "all_subq": all_subq})
+                options = replace(base, out=folder, all_subq=all_subq)
                 record = run_job(options)
                 runs = [
                     Point(f"{variant} {name}", **{k: seed["test"][k] for k in ("accuracy", "thinking", "tokens")})
