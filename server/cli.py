@@ -290,6 +290,10 @@ def train_budgeter_command(
     model_dir: Annotated[Path | None, typer.Option("--model-dir", help="llm: the base model folder")] = None,
     train_problems: Annotated[int | None, typer.Option("--train-problems", help="use only the first N")] = None,
     test_problems: Annotated[int | None, typer.Option("--test-problems", help="evaluate on the first N")] = None,
+    validation_problems: Annotated[
+        int | None, typer.Option("--validation-problems", help="held out of the training problems (default: a tenth)")
+    ] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1, help="validate every N steps")] = 25,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
 ) -> None:
     """Train a TAB budget policy with GRPO on a world's outcome table; write its artifact to OUT/policy."""
@@ -331,6 +335,8 @@ def train_budgeter_command(
         model_dir=model_dir,
         train_problems=train_problems,
         test_problems=test_problems,
+        validation_problems=validation_problems,
+        eval_every=eval_every,
     )
     try:
         record = run_job(options, fresh=fresh)
