@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from thrifty.budgeter.tab.policy import allowed
 if TYPE_CHECKING:
     import torch
 
-    from thrifty.budgeter.world.environment import BudgetEnv, StepResult
+    from thrifty.budgeter.world.environment import BudgetEnv, Observation, StepResult
 
 EPSILON = 1e-4
 
@@ -134,11 +134,12 @@ def rollout(
     ``rng`` None: greedy (the evaluation's); otherwise actions are sampled at ``temperature``.
     """
     trajectories = [Trajectory(problem) for problem in problems for _ in range(group)]
-    # Each trajectory is its own episode; the table environment is replayed per trajectory, so the
-    # bookkeeping is exactly the environment's and states are kept here, one observation each.
-    observations = [env.reset(t.problem) for t in trajectories]
+    # Each trajectory is its own episode: a fork of a table environment each, or else the one
+    # environment replayed per trajectory; either way the bookkeeping is exactly the environment's.
+    fork = getattr(env, "fork", None)
+    states: list[Any] = [fork() for _ in trajectories] if fork is not None else [_Replay(env) for _ in trajectories]
+    observations = [state.reset(t.problem) for state, t in zip(states, trajectories, strict=True)]
     limits = [budget(t.problem, o.turns) for t, o in zip(trajectories, observations, strict=True)]
-    states = [_Replay(env, t.problem) for t in trajectories]
     active = list(range(len(trajectories)))
     while active:
         contexts = [context_of(observations[i], limits[i], learner.all_subq) for i in active]
@@ -173,12 +174,16 @@ def rollout(
 
 
 class _Replay:
-    """One trajectory's episode: the environment holds one episode at a time, so each step replays
-    this trajectory's budgets so far (cheap on a table; a live environment is never trained on)."""
+    """One trajectory's episode in an environment that holds one episode at a time and cannot fork:
+    each step replays this trajectory's budgets so far (a live environment is never trained on)."""
 
-    def __init__(self, env: BudgetEnv, problem: str) -> None:
-        self.env, self.problem = env, problem
+    def __init__(self, env: BudgetEnv) -> None:
+        self.env, self.problem = env, ""
         self.budgets: list[int] = []
+
+    def reset(self, problem: str) -> Observation:
+        self.problem, self.budgets = problem, []
+        return self.env.reset(problem)
 
     def step(self, budget: int) -> StepResult:
         self.env.reset(self.problem)

@@ -80,9 +80,10 @@ class BudgetEnv(Protocol):
 class _Episode:
     """The bookkeeping both environments share: which turn, what was said, what was spent."""
 
-    def __init__(self, ladder: Sequence[int], chains: Sequence[Chain]) -> None:
+    def __init__(self, ladder: Sequence[int], chains: Sequence[Chain] | dict[str, Chain]) -> None:
         self.ladder = tuple(sorted(set(ladder)))
-        self.chains = {chain.id: chain for chain in chains}
+        # A dict is shared as it is (forks of a table environment), a sequence indexed by id.
+        self.chains = chains if isinstance(chains, dict) else {chain.id: chain for chain in chains}
         self.chain: Chain | None = None
         self.turn = 0
         self.answers: list[str] = []
@@ -161,6 +162,14 @@ class TableEnv:
     @property
     def problems(self) -> list[str]:
         return list(self.rows)
+
+    def fork(self) -> TableEnv:
+        """An environment over the same table with an episode of its own; nothing is copied, so
+        training can hold one per trajectory instead of replaying a shared one."""
+        other = object.__new__(TableEnv)
+        other.table, other.rows, other.ladder = self.table, self.rows, self.ladder
+        other.episode = _Episode(self.ladder, self.episode.chains)
+        return other
 
     def reset(self, problem: str) -> Observation:
         return self.episode.start(problem)

@@ -58,3 +58,35 @@ def test_the_loss_pushes_towards_actions_with_positive_advantage() -> None:
     )
     loss.backward()  # type: ignore[no-untyped-call]
     assert logits.grad is not None and logits.grad[0] < 0 < logits.grad[1]  # descent raises 0, lowers 1
+
+
+def test_rollouts_through_forks_equal_rollouts_through_replays() -> None:
+    """A table environment forks one episode per trajectory; one that cannot is replayed: same result."""
+    from tests.budgeter import world_tables
+    from thrifty.budgeter.tab.fast import FastLearner
+    from thrifty.budgeter.tab.grpo import rollout
+    from thrifty.budgeter.world.environment import TableEnv
+
+    env = TableEnv(world_tables.table(hard_right_at_64=True), world_tables.chains())
+
+    class Unforkable:  # the BudgetEnv protocol only: reset and step
+        ladder = env.ladder
+
+        def reset(self, problem: str):  # type: ignore[no-untyped-def]
+            return env.reset(problem)
+
+        def step(self, budget: int | None):  # type: ignore[no-untyped-def]
+            return env.step(budget)
+
+    learner = FastLearner(env.ladder, False, seed=0)
+    played = {
+        name: rollout(source, learner, ["p1", "p2"], 6, lambda p, t: 70, 0.01, 1.0, np.random.default_rng(5))  # type: ignore[arg-type]
+        for name, source in (("fork", env), ("replay", Unforkable()))
+    }
+    summary = {
+        name: [(t.problem, t.budgets, t.solved, t.tokens, t.reward) for t in trajectories]
+        for name, trajectories in played.items()
+    }
+    assert summary["fork"] == summary["replay"]
+    assert {b for _, budgets, *_ in summary["fork"] for b in budgets} == {16, 64}  # both levels were sampled
+    assert any(solved for _, _, solved, *_ in summary["fork"]) and not all(s for _, _, s, *_ in summary["fork"])
