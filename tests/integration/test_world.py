@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tests.integration.conftest import BUILD_TIMEOUT_S, DATA_DIR, ROOT, THRIFTY,
 from thrifty.budgeter.world.build import read_chains
 from thrifty.budgeter.world.chat_format import THINK_END, THINK_START, thinking_allowed
 from thrifty.budgeter.world.environment import LiveEnv, TableEnv, compare_live, run_episode, static
-from thrifty.budgeter.world.outcomes import UNLIMITED, OutcomeTable
+from thrifty.budgeter.world.outcomes import UNLIMITED, Outcome, OutcomeTable, TurnRow
 from thrifty.budgeter.world.solvers import load_specs
 from thrifty.router.eval_log import read_eval_log
 from thrifty.server.kit.artifacts import sha256
@@ -239,40 +238,41 @@ EASY, HARD = "x1 = 12+30", "x2 = x1*4587"  # 2 and 8 digit operations: the world
 
 
 def _relabelled_world(world: Path, folder: Path) -> Path:
-    """The quick world with its dense-s tables relabelled: each turn right at the rungs that cover it
-    (easy turns from 16 on, the others from 64), tokens as the quick solver used them.
+    """The quick world's problems with the outcomes of a solver that never slips: every turn right at
+    the rungs that cover it (easy turns from 16 on, the others from 64), thinking its whole budget and
+    answering in 25 tokens, as the quick solver does.
 
     The quick solvers train for 40 steps and get every turn wrong, which leaves GRPO nothing to learn
-    from; the relabelled table is what a solver that never slips would give, so a policy trained on it
-    has one right answer per turn that the test can hold the gateway to."""
+    from, and their tables cover 10 problems; these tables cover all 200 training problems the quick
+    world keeps, so a policy trained on them has one right answer per turn the test can hold the
+    gateway to."""
     shutil.copytree(world / "data", folder / "data")
     shutil.copy(world / "manifest.json", folder / "manifest.json")
+    ladder = load_specs().environment["quick"].ladder
     for split in ("train", "test"):
-        table = OutcomeTable.read(world / "tables" / "dense-s" / f"{split}.jsonl")
         rows = []
-        for row in table.rows:
-            needs = 16 if row.bucket == "easy" else 64
-            levels = {
-                key: replace(outcome, correct=key == UNLIMITED or (key.isdigit() and int(key) >= needs and key != "0"))
-                for key, outcome in row.levels.items()
-            }
-            rows.append(replace(row, levels=levels))
+        for chain in read_chains(world / "data" / f"{split}.jsonl")[:200]:
+            for turn, step in enumerate(chain.steps):
+                needs = 16 if step.bucket == "easy" else 64
+                levels = {"0": Outcome(False, 0, 24), UNLIMITED: Outcome(True, 255, 25)}
+                levels |= {str(b): Outcome(b >= needs, thinking_allowed(b), 25) for b in ladder}
+                rows.append(TurnRow(chain.id, turn, step.bucket, step.prompt, 30, "t" * 255, "", None, levels))
         target = folder / "tables" / "dense-s" / f"{split}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
-        replace(table, rows=tuple(rows)).write(target)
+        OutcomeTable("dense-s", split, ladder, tuple(rows)).write(target)
     return folder
 
 
 @pytest.fixture(scope="module")
 def tab_artifact(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`thrifty train budgeter` on the relabelled quick table: B = 60 tokens per sub-question, which
-    fits a hard turn's 64 only when the easy turns took 16."""
+    """`thrifty train budgeter` on the relabelled quick world: B = 60 tokens per sub-question, which
+    fits a hard turn's 64 only when the easy turns before it took 16."""
     folder = tmp_path_factory.mktemp("tab")
     relabelled = _relabelled_world(world, folder / "world")
     command = [
         *THRIFTY, "train", "budgeter", "--world", str(relabelled), "--out", str(folder / "job"),
         "--budget", "60/turn", "--lambda", "0.01", "--seeds", "0", "--steps", "80",
-        "--problems-per-step", "8", "--group", "8", "--lr", "0.03",
+        "--problems-per-step", "16", "--group", "8", "--lr", "0.03", "--train-problems", "200", "--test-problems", "20",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
     assert done.returncode == 0, f"thrifty train budgeter failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
