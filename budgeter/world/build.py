@@ -298,6 +298,7 @@ class WorldBuild:
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
+        self.job.state()  # a folder holding a build with other settings is refused before anything changes
         (self.out / "manifest.json").unlink(missing_ok=True)
         records: dict[str, Any] = {"data": self.job.stage("data", self._data)}
         for name in self.names:

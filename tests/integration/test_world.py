@@ -116,6 +116,7 @@ def test_rerun_resumes_and_other_settings_are_refused(world: Path) -> None:
         check=False,
     )
     assert other.returncode == 2 and "other settings" in other.stderr
+    assert (world / "manifest.json").is_file()  # refused before it touched the complete build
 
 
 @pytest.fixture(scope="module")
