@@ -135,16 +135,19 @@ def world_config(world: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gateway(world_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = world_config
-    folder = tmp_path_factory.mktemp("world-gateway")
-    path = folder / "world.yaml"
+    yield from _serve(world_config, tmp_path_factory.mktemp("world-gateway"), timeout=900)
+
+
+def _serve(config: dict[str, Any], folder: Path, timeout: float) -> Iterator[str]:
+    """``thrifty serve`` with ``config`` on a free port: yields its URL once ready, stops it after."""
+    path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     log = folder / "serve.log"
     process = serve_process(["--config", str(path), "--port", str(port)], log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, log, timeout=900)
+        wait_ready(url, process, log, timeout=timeout)
         yield url
     finally:
         stop_process(process)
@@ -307,17 +310,7 @@ def tab_gateway(
         "budgeter": {"tab": {"artifact": str(tab_artifact)}},
         "limits": {"answer_tokens": world_config["limits"]["answer_tokens"]},
     }
-    path = folder / "tab.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = folder / "serve.log"
-    process = serve_process(["--config", str(path), "--port", str(port)], log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log, timeout=300)
-        yield url
-    finally:
-        stop_process(process)
+    yield from _serve(config, folder, timeout=300)
 
 
 def test_tab_budgets_an_easy_and_a_hard_turn_apart_and_the_ledger_is_exact(tab_gateway: str) -> None:
