@@ -4,7 +4,8 @@
 
 Fills a ``MemorySessionStore`` (one owner, the quota set to the session count) with sessions of
 ``turns`` recorded turns each — the gateway's own turn records, with and without a learned router's
-predictions — and reports what tracemalloc sees the store hold, the process's RSS growth, and how long
+predictions, and with a TAB budget decision (policy, budget, its distribution over six levels) as
+well — and reports what tracemalloc sees the store hold, the process's RSS growth, and how long
 ``gc.collect()`` takes with the store alive (median of 5). Each configuration runs in a fresh process;
 ``--before`` names the interpreter of an older checkout (its store has the older interface, one LRU for
 every key), measured the same way beside this one.
@@ -26,13 +27,17 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(sessions: int, turns: int, routing: bool) -> dict[str, float]:
+KINDS = {"plain": "plain", "routing": "with routing predictions", "tab": "with routing and a TAB decision"}
+
+
+def measure(sessions: int, turns: int, kind: str) -> dict[str, Any]:
     from thrifty.server.sessions.memory import MemorySessionStore
     from thrifty.server.sessions.model import Turn
 
@@ -48,9 +53,17 @@ def measure(sessions: int, turns: int, routing: bool) -> dict[str, float]:
                 # As the gateway makes them: each turn its own numbers and, with a learned router, its own dict.
                 latency = 0.4 + t * 1e-3 + s * 1e-7
                 predictions = (
-                    {"lambda": 3000.0, "accuracy": 0.8 + latency / 100, "cost": latency / 1e4} if routing else None
+                    {"lambda": 3000.0, "accuracy": 0.8 + latency / 100, "cost": latency / 1e4}
+                    if kind != "plain"
+                    else None
                 )
-                turn = Turn("dense-m", 256, 400 + t, 180 + s % 50, 150, latency, "stop", time.time(), predictions)
+                row: list[Any] = ["dense-m", 256, 400 + t, 180 + s % 50, 150, latency, "stop", time.time(), predictions]
+                if kind == "tab":  # as the tab budgeter records it: rounded shares of its ladder
+                    shares = [round(latency / (k + 2), 4) for k in range(6)]
+                    levels = ("16", "32", "64", "128", "256", "512")
+                    distribution = dict(zip(levels, shares, strict=True))
+                    row.append({"policy": "tab:fast", "budget": 256, "distribution": distribution})
+                turn = Turn(*row)
                 if per_owner:
                     await store.record("team-a", f"session-{s:06d}", turn, 4096, quota=sessions)
                 else:
@@ -71,7 +84,7 @@ def measure(sessions: int, turns: int, routing: bool) -> dict[str, float]:
     return {
         "sessions": sessions,
         "turns": turns,
-        "routing": routing,
+        "kind": kind,
         "store_mb": held / 2**20,
         "bytes_per_session": held / sessions,
         "bytes_per_turn": held / (sessions * turns),
@@ -86,27 +99,28 @@ def main() -> None:
     parser.add_argument("--turns", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--before", help="the Python of an older checkout, measured beside this one")
     parser.add_argument("--output", type=Path, help="also write the table to this file")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: SESSIONS,TURNS,ROUTING in this process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: SESSIONS,TURNS,KIND in this process
     args = parser.parse_args()
     if args.one:
-        sessions, turns, routing = args.one.split(",")
-        print(json.dumps(measure(int(sessions), int(turns), routing == "1")))
+        sessions, turns, kind = args.one.split(",")
+        print(json.dumps(measure(int(sessions), int(turns), kind)))
         return
     versions = [("before", args.before), ("now", sys.executable)] if args.before else [("now", sys.executable)]
     rows = []
     for sessions in args.sessions:
         for turns in args.turns:
-            for routing in (False, True):
-                for version, python in versions:
+            for kind in KINDS:
+                # An older store's turns may not record budget decisions: that kind is measured now only.
+                for version, python in versions if kind != "tab" else versions[-1:]:
                     done = subprocess.run(
-                        [python, __file__, "--one", f"{sessions},{turns},{int(routing)}"],
+                        [python, __file__, "--one", f"{sessions},{turns},{kind}"],
                         capture_output=True,
                         text=True,
                         check=True,
                     )
                     rows.append(json.loads(done.stdout) | {"version": version})
                     print(
-                        f"  {version} {sessions} × {turns} (routing {routing}): {rows[-1]['store_mb']:.1f} MB",
+                        f"  {version} {sessions} × {turns} ({KINDS[kind]}): {rows[-1]['store_mb']:.1f} MB",
                         flush=True,
                     )
     lines = [
@@ -115,9 +129,8 @@ def main() -> None:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        kind = "with routing predictions" if r["routing"] else "plain"
         lines.append(
-            f"| {r['version']} | {r['sessions']:,} × {r['turns']} | {kind} | {r['store_mb']:.1f} MB "
+            f"| {r['version']} | {r['sessions']:,} × {r['turns']} | {KINDS[r['kind']]} | {r['store_mb']:.1f} MB "
             f"| {r['bytes_per_session'] / 1024:.1f} KB | {r['bytes_per_turn']:.0f} B | {r['rss_growth_mb']:.0f} MB "
             f"| {r['gc_ms']:.1f} ms |"
         )

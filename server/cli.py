@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from thrifty.budgeter.tab.grpo import GrpoSettings
 from thrifty.server.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -267,6 +268,9 @@ def _budget(text: str) -> int | None:
     return int(text)
 
 
+_GRPO = GrpoSettings()  # the training defaults the options show
+
+
 @train_app.command("budgeter")
 def train_budgeter_command(
     world: Annotated[Path, typer.Option("--world", help="a `thrifty world build` folder")] = Path("data/world"),
@@ -278,12 +282,14 @@ def train_budgeter_command(
     ] = "320",
     penalty: Annotated[float, typer.Option("--lambda", help="λ: reward lost per token allocated beyond B")] = 0.01,
     seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
-    steps: Annotated[int, typer.Option(help="GRPO steps")] = 150,
-    problems_per_step: Annotated[int, typer.Option("--problems-per-step", help="problems per step")] = 32,
-    group: Annotated[int, typer.Option(help="G: trajectories per problem")] = 8,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = 3e-3,
-    temperature: Annotated[float, typer.Option(help="sampling temperature of the trajectories")] = 0.6,
-    beta: Annotated[float, typer.Option(help="weight of the KL to the reference policy")] = 0.01,
+    steps: Annotated[int, typer.Option(help="GRPO steps")] = _GRPO.steps,
+    problems_per_step: Annotated[
+        int, typer.Option("--problems-per-step", help="problems per step")
+    ] = _GRPO.problems_per_step,
+    group: Annotated[int, typer.Option(help="G: trajectories per problem")] = _GRPO.group,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = _GRPO.learning_rate,
+    temperature: Annotated[float, typer.Option(help="sampling temperature of the trajectories")] = _GRPO.temperature,
+    beta: Annotated[float, typer.Option(help="weight of the KL to the reference policy")] = _GRPO.beta,
     embedder_dir: Annotated[
         Path | None, typer.Option("--embedder-dir", help="fast: a static embedder whose vectors join the features")
     ] = None,
@@ -297,7 +303,6 @@ def train_budgeter_command(
     fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
 ) -> None:
     """Train a TAB budget policy with GRPO on a world's outcome table; write its artifact to OUT/policy."""
-    from thrifty.budgeter.tab.grpo import GrpoSettings
     from thrifty.budgeter.tab.job import TabJobOptions, run_job
     from thrifty.server.kit.jobs import JobError
 
