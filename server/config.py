@@ -147,6 +147,9 @@ class Limits(_Strict):
 class HealthConfig(_Strict):
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
+    unhealthy_after: int = Field(
+        2, ge=1, description="failed checks in a row that take a backend that was up out (one slow answer is not)"
+    )
 
 
 class BreakerConfig(_Strict):

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 class Backend:
     """One backend server and what the gateway knows about it."""
 
-    __slots__ = ("auth_header", "breaker", "config", "healthy", "in_flight", "name", "url")
+    __slots__ = ("auth_header", "breaker", "config", "failed_checks", "healthy", "in_flight", "name", "seen_up", "url")
 
     def __init__(self, config: BackendConfig, breaker: CircuitBreaker) -> None:
         self.config = config
@@ -28,6 +28,8 @@ class Backend:
         self.breaker = breaker
         # Optimistic until the first health check says otherwise, so a request racing start-up is tried.
         self.healthy = True
+        self.seen_up = False  # whether a health check has ever passed
+        self.failed_checks = 0  # health checks failed in a row
         self.in_flight = 0
         self.auth_header = f"Bearer {config.api_key}" if config.api_key else None
 
@@ -99,6 +101,12 @@ class BackendPool:
                 healthy = response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             healthy = False
+        backend.failed_checks = 0 if healthy else backend.failed_checks + 1
+        # A backend that was up stays in until it misses `unhealthy_after` checks in a row: on a busy
+        # machine one check can time out while the backend serves. One never seen up is out at once.
+        if not healthy and backend.seen_up and backend.failed_checks < self._health.unhealthy_after:
+            healthy = backend.healthy
+        backend.seen_up = backend.seen_up or backend.failed_checks == 0
         if healthy != backend.healthy:
             logger.warning("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
         backend.healthy = healthy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -12,6 +13,8 @@ import pytest
 
 from tests.helpers import CHAT, config_for, free_port, gateway, running_gateway, sample, standins, state_of
 from thrifty.server.backends.circuit import BreakerState, CircuitBreaker
+from thrifty.server.backends.pool import BackendPool
+from thrifty.server.metrics import GatewayMetrics
 from thrifty.server.standin import StandinState
 
 BODY = {"model": "m", **CHAT}
@@ -129,12 +132,52 @@ async def test_health_checks_take_a_backend_out_and_back() -> None:
             assert response.status_code == 503
             assert (await http.get("/ready")).json()["backends"] == ["a"]
             a.stop()
-            for _ in range(100):
+            for _ in range(600):  # two checks in a row must miss (a bound, not a timing: 30 s)
                 if not pool.backends[0].healthy:
                     break
                 await asyncio.sleep(0.05)
             assert (await http.get("/ready")).status_code == 503
             assert (await http.get("/health")).status_code == 200
+
+
+class _ScriptedHealth:
+    """Stands in for the gateway's HTTP session: each /health check answers from a script (True: 200,
+    False: a time-out)."""
+
+    def __init__(self, script: list[bool]) -> None:
+        self.script = script
+
+    def get(self, url: str, timeout: object) -> _Answer:
+        return _Answer(self.script.pop(0))
+
+
+class _Answer:
+    def __init__(self, up: bool) -> None:
+        self.up = up
+
+    async def __aenter__(self) -> SimpleNamespace:
+        if not self.up:
+            raise TimeoutError
+        return SimpleNamespace(status=200)
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def test_a_backend_that_was_up_goes_out_only_after_missed_checks_in_a_row() -> None:
+    config = config_for([{"name": "a", "model": "m", "url": "http://a"}], health={"unhealthy_after": 3})
+    pool = BackendPool(config, GatewayMetrics())
+    (backend,) = pool.backends
+    script = [True, False, False, True, False, False, False, True]
+    seen = []
+    for _ in range(len(script)):
+        await pool.check_health(_ScriptedHealth(script))  # type: ignore[arg-type]
+        seen.append(backend.healthy)
+    # Two misses are a busy moment; the third in a row takes it out; one answer brings it back.
+    assert seen == [True, True, True, True, True, True, False, True]
+    never_up = BackendPool(config_for([{"name": "b", "model": "m", "url": "http://b"}]), GatewayMetrics())
+    await never_up.check_health(_ScriptedHealth([False]))  # type: ignore[arg-type]
+    assert not never_up.backends[0].healthy  # down at start: out at the first check
 
 
 def test_breaker_half_open_allows_a_single_probe() -> None:
