@@ -57,13 +57,15 @@ def measure(sessions: int, turns: int, kind: str) -> dict[str, Any]:
                     if kind != "plain"
                     else None
                 )
-                row: list[Any] = ["dense-m", 256, 400 + t, 180 + s % 50, 150, latency, "stop", time.time(), predictions]
+                extra: dict[str, Any] = {}  # an older checkout's Turn has no budgeting field: passed only for tab
                 if kind == "tab":  # as the tab budgeter records it: rounded shares of its ladder
                     shares = [round(latency / (k + 2), 4) for k in range(6)]
                     levels = ("16", "32", "64", "128", "256", "512")
                     distribution = dict(zip(levels, shares, strict=True))
-                    row.append({"policy": "tab:fast", "budget": 256, "distribution": distribution})
-                turn = Turn(*row)
+                    extra["budgeting"] = {"policy": "tab:fast", "budget": 256, "distribution": distribution}
+                turn = Turn(
+                    "dense-m", 256, 400 + t, 180 + s % 50, 150, latency, "stop", time.time(), predictions, **extra
+                )
                 if per_owner:
                     await store.record("team-a", f"session-{s:06d}", turn, 4096, quota=sessions)
                 else:

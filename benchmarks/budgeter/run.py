@@ -223,6 +223,7 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(_train_alone, every):
                 print(f"  trained {done}", flush=True)
+    world = load_world(base)  # the tables and splits: the same for every B and λ
     results: list[dict[str, Any]] = []
     judges: dict[str, Any] = {}
     text: list[str] = []
@@ -230,7 +231,6 @@ def main() -> None:
         for penalty in args.lambdas:
             config = f"B = {rule.label()}, λ = {penalty:g}"
             print(f"== {config}", flush=True)
-            world = load_world(replace(base, budget=rule, penalty=penalty))
             if args.judge_model is not None and not judges:
                 from thrifty.budgeter.tab.llm import VIEWS, LlmScorer
 

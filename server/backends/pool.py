@@ -98,15 +98,16 @@ class BackendPool:
         timeout = aiohttp.ClientTimeout(total=self._health.timeout_s)
         try:
             async with session.get(f"{backend.url}/health", timeout=timeout) as response:
-                healthy = response.status == 200
+                passed = response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
-            healthy = False
-        backend.failed_checks = 0 if healthy else backend.failed_checks + 1
+            passed = False
+        backend.failed_checks = 0 if passed else backend.failed_checks + 1
+        backend.seen_up = backend.seen_up or passed
         # A backend that was up stays in until it misses `unhealthy_after` checks in a row: on a busy
         # machine one check can time out while the backend serves. One never seen up is out at once.
-        if not healthy and backend.seen_up and backend.failed_checks < self._health.unhealthy_after:
-            healthy = backend.healthy
-        backend.seen_up = backend.seen_up or backend.failed_checks == 0
+        healthy = passed or (
+            backend.healthy and backend.seen_up and backend.failed_checks < self._health.unhealthy_after
+        )
         if healthy != backend.healthy:
             logger.warning("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
         backend.healthy = healthy
