@@ -136,7 +136,7 @@ def solver_launch(folder: Path, spec: SolverSpec) -> VllmLaunch:
         served_name=spec.name,
         port=free_port(),
         python=vllm_python(),
-        reasoning_parser="deepseek_r1",
+        reasoning_parser="thrifty_r1",
         dtype="float32",
         max_model_len=4096,
         startup_timeout_s=600,

@@ -5,6 +5,7 @@
     registry.py    stage implementations by name, imported only when chosen
     reload.py      stages backed by an artifact: status(), reload() that keeps the old one on failure
     vllm.py        one managed vLLM OpenAI server process
+    vllm_reasoning.py  the `thrifty_r1` reasoning parser, which counts reasoning tokens right (vLLM plugin)
 
 A leaf: nothing here imports any other part of thrifty, so a job can use it without the gateway.
 """

@@ -28,7 +28,7 @@ def _launch(world: Path, tmp: Path, name: str, expert_cache: dict[str, object] |
         "port": free_port(),
         "dtype": "float32",
         "max_model_len": 1024,
-        "reasoning_parser": "deepseek_r1",
+        "reasoning_parser": "thrifty_r1",
         "startup_timeout_s": 600,
     }
     if expert_cache is not None:

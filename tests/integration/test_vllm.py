@@ -1,6 +1,6 @@
 """The gateway over a real vLLM CPU backend serving SmolLM2-135M-Instruct, driven by the openai SDK.
 
-The backend is started by thrifty's own launcher with DeepSeek-R1's reasoning parser and the bundled
+The backend is started by thrifty's own launcher with its reasoning parser (``thrifty_r1``) and the bundled
 model's thinking template (the assistant turn opens with ``<think>``), so thinking budgets act on it.
 The gateway runs as ``thrifty serve`` in its own process. The last test kills the backend.
 """
@@ -44,7 +44,7 @@ def vllm() -> Iterator[VllmProcess]:
                     "launch": {
                         "model_path": "bundled",
                         "port": free_port(),
-                        "reasoning_parser": "deepseek_r1",
+                        "reasoning_parser": "thrifty_r1",
                         "chat_template": "thinking",
                         "max_model_len": 2048,
                         "startup_timeout_s": 400,
@@ -121,6 +121,10 @@ def test_chat(client: openai.OpenAI) -> None:
     assert raw.headers["x-thrifty-thinking-budget"] == "8"
     assert completion.model == MODEL
     assert completion.usage is not None and completion.usage.completion_tokens == 24  # 8 thinking + 16 answer
+    # the thinking template opens <think> in the prompt: thrifty_r1 still counts what the model thought.
+    # vLLM counts a budget from <think>, so the template's newline after it is the first of the 8
+    details = completion.usage.completion_tokens_details
+    assert details is not None and details.reasoning_tokens == 8 - 1
     assert completion.choices[0].message.content
 
 
@@ -140,6 +144,8 @@ def test_streaming_with_usage(client: openai.OpenAI) -> None:
     answer = "".join(d.content or "" for d in deltas)
     assert reasoning, "reasoning deltas must reach the client unchanged"
     assert chunks[-1].usage.completion_tokens == 4 + 12  # the static budget plus the client's allowance
+    details = chunks[-1].usage.completion_tokens_details
+    assert details is not None and details.reasoning_tokens == 4 - 1  # the newline after <think> is the 4th
     assert answer or chunks[-1].usage.completion_tokens
 
 
@@ -201,6 +207,12 @@ def test_metrics_saw_the_traffic(gateway_url: str) -> None:
     text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
     assert f'thrifty_requests_total{{backend="vllm-cpu",model="{MODEL}",status="200"}}' in text
     assert f'thrifty_tokens_total{{kind="completion",model="{MODEL}"}}' in text
+    reasoning = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f'thrifty_tokens_total{{kind="reasoning",model="{MODEL}"}}')
+    ]
+    assert reasoning and float(reasoning[0].split()[-1]) > 0, "the backend's reasoning tokens are counted"
     assert 'thrifty_thinking_budget_tokens_count{model="smollm2-thinking",policy="static"}' in text
 
 

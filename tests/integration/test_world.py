@@ -179,6 +179,9 @@ def test_multi_turn_session_against_a_solver(gateway: str) -> None:
     session = httpx.get(f"{gateway}/v1/sessions/world-1", timeout=10).json()
     assert session["turn_count"] == 2 and session["budget"] == 100
     assert [t["model"] for t in session["turns"]] == ["dense-s", "dense-s"]
+    # the ledger holds each turn's thinking as vLLM counted it (byte-level tokenizer: one token per byte),
+    # what a budget policy reads of the previous turn
+    assert session["turns"][0]["reasoning_tokens"] == len(thinking.encode())
 
     none = client.chat.completions.with_raw_response.create(
         model="moe-s",

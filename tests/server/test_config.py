@@ -21,7 +21,7 @@ backends:
     model: thinker
     reasoning: true
     context_length: 2048
-    launch: {model_path: bundled, port: 8101, reasoning_parser: deepseek_r1, chat_template: thinking}
+    launch: {model_path: bundled, port: 8101, reasoning_parser: thrifty_r1, chat_template: thinking}
 router: {pinned: {model: thinker}}
 budgeter: {static: {budget: 128}}
 timeouts: {connect: 1, first_token: 10, total: 60}
