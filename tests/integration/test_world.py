@@ -292,13 +292,36 @@ def tab_artifact(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tab_gateway(
-    world_config: dict[str, Any], gateway: str, tab_artifact: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A second gateway with the TAB budgeter, in front of the dense-s vLLM the first one launched."""
+def tab_llm_artifact(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The llm policy (SmolLM2 with a LoRA adapter) from the same job, at the smallest scale that runs
+    every stage of it: GRPO steps, validation, the test split, the artifact."""
+    from thrifty.server.bundled_model import model_dir
+
+    folder = tmp_path_factory.mktemp("tab-llm")
+    relabelled = _relabelled_world(world, folder / "world")
+    command = [
+        *THRIFTY, "train", "budgeter", "--world", str(relabelled), "--out", str(folder / "job"),
+        "--policy", "llm", "--model-dir", str(model_dir(DATA_DIR)), "--budget", "60/turn", "--lambda", "0.01",
+        "--seeds", "0", "--steps", "2", "--problems-per-step", "2", "--group", "2", "--lr", "1e-4",
+        "--train-problems", "12", "--validation-problems", "4", "--test-problems", "4", "--eval-every", "1",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800, check=False)
+    assert done.returncode == 0, (
+        f"thrifty train budgeter --policy llm failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
+    policy = folder / "job" / "policy"
+    manifest = json.loads((policy / "manifest.json").read_text())
+    assert manifest["kind"] == "thrifty.tab_policy"
+    for path, digest in manifest["files"].items():
+        assert sha256(policy / path) == digest, path
+    assert any(path.startswith("adapter/") for path in manifest["files"]), "the LoRA adapter is part of the artifact"
+    return policy
+
+
+def _tab_config(world_config: dict[str, Any], artifact: Path) -> dict[str, Any]:
+    """A gateway with the TAB budgeter, in front of the dense-s vLLM the world's gateway launched."""
     (launch,) = [b["launch"] for b in world_config["backends"] if b["name"] == "dense-s"]
-    folder = tmp_path_factory.mktemp("tab-gateway")
-    config = {
+    return {
         "data_dir": str(DATA_DIR),
         "backends": [
             {
@@ -310,10 +333,16 @@ def tab_gateway(
             }
         ],
         "router": {"cheapest": {}},
-        "budgeter": {"tab": {"artifact": str(tab_artifact)}},
+        "budgeter": {"tab": {"artifact": str(artifact)}},
         "limits": {"answer_tokens": world_config["limits"]["answer_tokens"]},
     }
-    yield from _serve(config, folder, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tab_gateway(
+    world_config: dict[str, Any], gateway: str, tab_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    yield from _serve(_tab_config(world_config, tab_artifact), tmp_path_factory.mktemp("tab-gateway"), timeout=300)
 
 
 def test_tab_budgets_an_easy_and_a_hard_turn_apart_and_the_ledger_is_exact(tab_gateway: str) -> None:
@@ -352,3 +381,35 @@ def test_tab_budgets_an_easy_and_a_hard_turn_apart_and_the_ledger_is_exact(tab_g
         decision = turn["budgeting"]
         assert decision["policy"] == "tab:fast" and set(decision["distribution"]) == {"16", "64"}
         assert max(decision["distribution"], key=decision["distribution"].get) == str(budget)
+
+
+@pytest.fixture(scope="module")
+def tab_llm_gateway(
+    world_config: dict[str, Any], gateway: str, tab_llm_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    config = _tab_config(world_config, tab_llm_artifact)
+    yield from _serve(config, tmp_path_factory.mktemp("tab-llm-gateway"), timeout=600)
+
+
+def test_an_llm_tab_policy_is_served_from_its_job_artifact(tab_llm_gateway: str, tab_llm_artifact: Path) -> None:
+    """The job's llm artifact behind the gateway: SmolLM2 and its adapter decide in process."""
+    ladder = json.loads((tab_llm_artifact / "policy.json").read_text())["ladder"]
+    status = httpx.get(f"{tab_llm_gateway}/admin/budgeter", timeout=30).json()
+    assert '"policy": "llm"' in json.dumps(status), status
+    client = openai.OpenAI(base_url=f"{tab_llm_gateway}/v1", api_key="unused", max_retries=0, timeout=300)
+    raw = client.chat.completions.with_raw_response.create(
+        model="dense-s",
+        messages=[{"role": "user", "content": EASY}],
+        extra_headers={"X-Session-ID": "tab-llm-1"},
+        extra_body={"thrifty": {"budget": 120}},
+    )
+    assert raw.headers["x-thrifty-budget-policy"] == "tab:llm"
+    budget = int(raw.headers["x-thrifty-thinking-budget"])
+    assert budget in ladder and budget <= 120
+    (turn,) = httpx.get(f"{tab_llm_gateway}/v1/sessions/tab-llm-1", timeout=10).json()["turns"]
+    decision = turn["budgeting"]
+    assert decision["policy"] == "tab:llm" and turn["thinking_budget"] == budget
+    shares = decision["distribution"]
+    assert set(shares) == {str(level) for level in ladder}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(shares, key=shares.get) == str(budget)
