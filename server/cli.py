@@ -511,6 +511,7 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,
+            timeout_keep_alive=config.server.keep_alive_s,
             # The gateway ends what is left of a drain itself, with proper answers (server/drain.py);
             # uvicorn's own cut comes later still, as a backstop.
             timeout_graceful_shutdown=math.ceil(config.server.graceful_shutdown_s + UVICORN_MARGIN_S),

@@ -212,6 +212,9 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     graceful_shutdown_s: float = Field(30.0, ge=0)
+    # An idle client connection is kept this long. Longer than clients keep theirs (httpx and so the
+    # openai SDK: 5 s), so a client never sends on a connection the gateway is closing at that moment.
+    keep_alive_s: int = Field(75, ge=1)
 
 
 def _policy(name: str) -> dict[str, dict[str, Any]]:

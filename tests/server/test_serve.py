@@ -201,3 +201,29 @@ def test_the_printed_examples_work_with_keys_configured(tmp_path: Path) -> None:
                 assert "Hello from the stand-in." in done.stdout, (command, done.stdout)
         finally:
             stop_process(process)
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(tmp_path: Path) -> None:
+    """httpx (the openai SDK) keeps an idle connection 5 s; uvicorn's default would close it at 5 s too,
+    and a request sent as it closes fails with "Server disconnected without sending a response". The
+    gateway keeps it server.keep_alive_s (75 s): the same connection still answers after 6 s idle."""
+    with standins(StandinState(model="m")) as (backend,):
+        port = free_port()
+        config = tmp_path / "c.yaml"
+        config.write_text(f"backends: [{{name: b, model: m, url: '{backend.url}'}}]\n")
+        log = tmp_path / "serve.log"
+        process = serve_process(["--config", str(config), "--port", str(port), "--log-level", "warning"], log)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", process, log)
+            # keepalive_expiry well past the wait, so the client does reuse the connection it has
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(keepalive_expiry=60)) as client:
+                peers = []
+                for wait in (0.0, 6.0):
+                    time.sleep(wait)
+                    with client.stream("GET", "/v1/models") as response:
+                        assert response.status_code == 200
+                        peers.append(response.extensions["network_stream"].get_extra_info("client_addr"))
+                        response.read()
+            assert peers[0] == peers[1], "the second request needed a new connection: the gateway closed the idle one"
+        finally:
+            stop_process(process)
