@@ -24,6 +24,8 @@ Embed = Callable[[list[str]], np.ndarray]
 
 
 class FastLearner:
+    scales_features = True
+
     def __init__(
         self,
         ladder: Sequence[int],

@@ -90,6 +90,7 @@ class Learner(Protocol):
 
     ladder: tuple[int, ...]
     all_subq: bool
+    scales_features: bool  # fit_scaling wants the contexts the initial policy meets (the LLM reads text)
 
     def probabilities(self, contexts: Sequence[Context], masks: np.ndarray, temperature: float) -> np.ndarray:
         """(n, levels) sampling distributions, no gradient."""

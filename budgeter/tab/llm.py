@@ -86,6 +86,8 @@ def _steps_so_far(context: Context) -> list[str]:
 class LlmScorer:
     """SmolLM2 (optionally with a LoRA adapter) scoring the ladder's letters for a batch of contexts."""
 
+    scales_features = False  # it reads text: nothing to standardise
+
     def __init__(
         self,
         model_dir: Path,

@@ -125,7 +125,7 @@ def train(
         learner.load_state(load_file(checkpoint / LEARNER))
         load_optimizer(optimizer, checkpoint)
         state = json.loads((checkpoint / PROGRESS).read_text())
-    else:
+    elif learner.scales_features:
         # Standardise features by what the initial (uniform) policy meets on the training problems.
         rng = np.random.default_rng(settings.seed)
         met = rollout(env, learner, train_problems, 1, budget, settings.penalty, 1.0, rng)
