@@ -28,27 +28,25 @@ from typing import Any
 
 from thrifty.budgeter.tab import baselines
 from thrifty.budgeter.tab.compare import Point, frontier, over_seeds, play, saving
-from thrifty.budgeter.tab.features import context_of
-from thrifty.budgeter.tab.grpo import GrpoSettings
+from thrifty.budgeter.tab.grpo import GrpoSettings, rollout
 from thrifty.budgeter.tab.job import TabJobOptions, load_world, run_job
-from thrifty.budgeter.tab.policy import allowed
-from thrifty.budgeter.tab.train import BudgetRule
+from thrifty.budgeter.tab.train import BudgetRule, summarize
 from thrifty.budgeter.world.build import read_chains
 from thrifty.budgeter.world.chat_format import messages_for
-from thrifty.budgeter.world.environment import Observation, Policy, oracle_allocation, static
+from thrifty.budgeter.world.environment import oracle_allocation, static
 
 VARIANTS = {"tab": False, "tab-allsubq": True}
 
 
-def judge_policy(scorer: Any, rule: BudgetRule) -> Policy:
-    """The LLM judge as an environment policy: its greedy letter among the levels that fit."""
+def judge_point(world: Any, scorer: Any, rule: BudgetRule, name: str) -> Point:
+    """The LLM judge played greedily: its letter among the levels that fit, as the gateway would pick it.
 
-    def policy(observation: Observation) -> int:
-        context = context_of(observation, rule(observation.problem, observation.turns), scorer.all_subq)
-        level, _ = scorer.choose(context, allowed(scorer.ladder, context.remaining))
-        return int(level)
-
-    return policy
+    The problems advance in lockstep, turn by turn (GRPO's rollout with one greedy trajectory each), so
+    every turn's prompts go through the model in batches instead of one forward per decision.
+    """
+    played = rollout(world.test, scorer, world.test_problems, 1, rule, 0.0, 1.0, None)
+    found = summarize(played)
+    return Point(name, found["accuracy"], found["thinking"], found["tokens"])
 
 
 def oracle_point(world: Any, problems: list[str]) -> Point:
@@ -80,7 +78,7 @@ def baseline_points(world: Any, folder: Path, rule: BudgetRule, judges: dict[str
     ]
     for view, scorer in judges.items():
         started = time.monotonic()
-        points.append(play(world.test, problems, judge_policy(scorer, rule), f"judge-{view}"))
+        points.append(judge_point(world, scorer, rule, f"judge-{view}"))
         print(f"  judge-{view}: {time.monotonic() - started:.0f} s", flush=True)
     return points
 
