@@ -25,6 +25,7 @@ Embed = Callable[[list[str]], np.ndarray]
 
 class FastLearner:
     scales_features = True
+    micro_batch: int | None = None  # the whole batch at once
 
     def __init__(
         self,

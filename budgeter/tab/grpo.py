@@ -55,6 +55,33 @@ def group_advantages(rewards: np.ndarray) -> np.ndarray:
     return np.where(spread > 0, centred / (spread + EPSILON), 0.0)
 
 
+def grpo_terms(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per action: the loss term (clipped surrogate, negated, plus β·KL), the k3 KL and whether clipped."""
+    import torch
+
+    ratio = torch.exp(log_probs - old_log_probs)
+    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+    difference = reference_log_probs - log_probs
+    kl = torch.exp(difference) - difference - 1
+    return -surrogate + beta * kl, kl, ((ratio - 1).abs() > clip).float()
+
+
+def action_weights(trajectory: torch.Tensor, trajectories: int) -> torch.Tensor:
+    """Each action's weight in the loss: averaged within its trajectory, trajectories averaged."""
+    import torch
+
+    counts = torch.zeros(trajectories).index_add_(0, trajectory, torch.ones(len(trajectory)))
+    present = int((counts > 0).sum())
+    return 1.0 / (counts[trajectory] * max(present, 1))
+
+
 def grpo_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -70,19 +97,9 @@ def grpo_loss(
     ``trajectory`` says which trajectory each action belongs to (0..trajectories-1); each action's
     term is averaged within its trajectory, then trajectories are averaged.
     """
-    import torch
-
-    ratio = torch.exp(log_probs - old_log_probs)
-    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
-    difference = reference_log_probs - log_probs
-    kl = torch.exp(difference) - difference - 1
-    per_action = -surrogate + beta * kl
-    counts = torch.zeros(trajectories, dtype=per_action.dtype).index_add_(0, trajectory, torch.ones_like(per_action))
-    sums = torch.zeros(trajectories, dtype=per_action.dtype).index_add_(0, trajectory, per_action)
-    present = counts > 0
-    loss = (sums[present] / counts[present]).mean()
-    clipped = ((ratio - 1).abs() > clip).float().mean()
-    return loss, {"kl": float(kl.detach().mean()), "clipped": float(clipped.detach())}
+    per_action, kl, clipped = grpo_terms(log_probs, old_log_probs, reference_log_probs, advantages, clip, beta)
+    loss = (per_action * action_weights(trajectory, trajectories).to(per_action.dtype)).sum()
+    return loss, {"kl": float(kl.detach().mean()), "clipped": float(clipped.mean())}
 
 
 class Learner(Protocol):
@@ -91,6 +108,7 @@ class Learner(Protocol):
     ladder: tuple[int, ...]
     all_subq: bool
     scales_features: bool  # fit_scaling wants the contexts the initial policy meets (the LLM reads text)
+    micro_batch: int | None  # actions per backward pass (None: the whole batch at once)
 
     def probabilities(self, contexts: Sequence[Context], masks: np.ndarray, temperature: float) -> np.ndarray:
         """(n, levels) sampling distributions, no gradient."""
@@ -239,15 +257,28 @@ def update(
     old_t = torch.tensor(old, dtype=torch.float32)
     advantages_t = torch.tensor(weight, dtype=torch.float32)
     owner_t = torch.tensor(owner, dtype=torch.long)
+    weights = action_weights(owner_t, len(trajectories))
+    size = learner.micro_batch or len(contexts)
     for _ in range(settings.epochs):
-        new, reference = learner.log_probs(contexts, mask_array, action_array, settings.temperature)
-        loss, info = grpo_loss(
-            new, old_t, reference, advantages_t, owner_t, len(trajectories), settings.clip, settings.beta
-        )
+        # The loss is a weighted sum over actions, so micro-batches' gradients add up to the batch's:
+        # an LLM policy keeps one micro-batch's activations at a time, not the whole step's.
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss, kl, clipped = 0.0, 0.0, 0.0
+        for start in range(0, len(contexts), size):
+            part = slice(start, start + size)
+            new, reference = learner.log_probs(
+                contexts[part], mask_array[part], action_array[part], settings.temperature
+            )
+            terms, kls, clips = grpo_terms(
+                new, old_t[part], reference, advantages_t[part], settings.clip, settings.beta
+            )
+            piece = (terms * weights[part].to(terms.dtype)).sum()
+            piece.backward()  # type: ignore[no-untyped-call]
+            loss += float(piece.detach())
+            kl += float(kls.detach().sum())
+            clipped += float(clips.sum())
         optimizer.step()
-    return stats | {"loss": float(loss.detach()), **info}
+    return stats | {"loss": loss, "kl": kl / len(contexts), "clipped": clipped / len(contexts)}
 
 
 def batch_of(problems: Sequence[str], size: int, seed: int, step: int) -> list[str]:

@@ -109,6 +109,7 @@ class LlmScorer:
         self.view = view
         self.all_subq = all_subq
         self.batch_size = batch_size
+        self.micro_batch: int | None = batch_size  # a backward pass holds one batch of prompts
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"

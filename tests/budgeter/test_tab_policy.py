@@ -14,7 +14,7 @@ from thrifty.budgeter.tab.baselines import budgeted, calibrate_heuristic, fit, s
 from thrifty.budgeter.tab.difficulty import estimate_turn
 from thrifty.budgeter.tab.fast import FastLearner
 from thrifty.budgeter.tab.features import PLAN, SCALARS, Context, context_of, feature_names, scalars
-from thrifty.budgeter.tab.grpo import GrpoSettings, rollout
+from thrifty.budgeter.tab.grpo import GrpoSettings, rollout, update
 from thrifty.budgeter.tab.policy import allowed
 from thrifty.budgeter.tab.train import RunSettings, evaluate, train
 from thrifty.budgeter.world.arithmetic import tokenize, work
@@ -151,3 +151,28 @@ def test_the_heuristic_calibrates_a_level_per_amount_of_work() -> None:
     assert episode.budgets == (16, 64) and episode.correct
     observation = env.reset("p1")
     assert context_of(observation, 50, True).plan == ("x1 = 2+3", "x2 = x1*123456")
+
+
+def test_micro_batched_updates_equal_the_whole_batch_update() -> None:
+    """An LLM policy backpropagates a step's actions a micro-batch at a time; the summed gradients must
+    be the whole batch's, so the update is the same (here on the fast network, micro-batches of 3)."""
+    import torch
+
+    env = _env()
+    whole, parts = FastLearner(env.ladder, False, seed=1), FastLearner(env.ladder, False, seed=1)
+    parts.micro_batch = 3
+    settings = GrpoSettings(problems_per_step=2, group=4, learning_rate=0.05)
+    for learner in (whole, parts):  # move off the uniform start, so the ratios and KL are not trivial
+        last = learner.network[-1]
+        assert isinstance(last, torch.nn.Linear)
+        torch.nn.init.normal_(last.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    played = rollout(env, whole, env.problems, 4, lambda p, t: 100, 0.01, 1.0, np.random.default_rng(5))
+    assert sum(len(t.contexts) for t in played) > 3  # more than one micro-batch
+    found = [
+        update(learner, torch.optim.Adam(learner.parameters(), lr=0.05), played, 4, settings)
+        for learner in (whole, parts)
+    ]
+    assert found[0]["loss"] == pytest.approx(found[1]["loss"], rel=1e-5)
+    assert found[0]["kl"] == pytest.approx(found[1]["kl"], rel=1e-5) and found[0]["kl"] > 0
+    for a, b in zip(whole.export().layers, parts.export().layers, strict=True):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
