@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=GrpoSettings().learning_rate)
     parser.add_argument("--beta", type=float, default=GrpoSettings().beta)
     parser.add_argument("--judge-model", type=Path, default=None, help="SmolLM2 folder: adds the LLM judge")
+    parser.add_argument(
+        "--judge-budgets", nargs="+", default=None, help="play the judge only under these B (default: every B)"
+    )
     parser.add_argument("--test-problems", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="training jobs run at once (processes)")
     args = parser.parse_args()
@@ -235,7 +238,8 @@ def main() -> None:
                 judges = {v: LlmScorer(args.judge_model, world.ladder, v, all_subq=v == "all") for v in VIEWS}
             problems = world.test_problems
             statics = [play(world.test, problems, static(b), f"static-{b}") for b in world.ladder]
-            policies = baseline_points(world, args.world, rule, judges)
+            judged = args.judge_budgets is None or rule in {BudgetRule.parse(b) for b in args.judge_budgets}
+            policies = baseline_points(world, args.world, rule, judges if judged else {})
             histories: dict[str, Any] = {}
             for variant in VARIANTS:
                 record = run_job(job_options(base, args.work, rule, penalty, variant))  # resumed: trained above
