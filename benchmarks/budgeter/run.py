@@ -126,6 +126,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
+    # One colour per policy across the panels (a panel may lack some, e.g. the judge under some B).
+    names = list(dict.fromkeys(raw["name"] for result in results for raw in result["policies"]))
+    palette = plt.get_cmap("tab10")
+    colours = {name: palette(i % 10) for i, name in enumerate(names)}
     for ax, result in zip(axes[0], results, strict=True):
         statics = [Point(**p) for p in result["static"]]
         curve = frontier(statics)
@@ -143,13 +147,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                 fmt="o" if p.name.startswith("tab") else "s",
                 ms=6 if p.name.startswith("tab") else 4,
                 label=p.name,
+                color=colours[p.name],
                 capsize=2,
             )
         ax.set_title(f"B = {result['budget']}, λ = {result['penalty']:g}")
         ax.set_xlabel("thinking tokens used per problem")
         ax.set_ylabel("problems solved (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
