@@ -281,6 +281,10 @@ def train_budgeter_command(
         str, typer.Option(help="B: completion tokens per problem (320), per sub-question (96/turn), or none")
     ] = "320",
     penalty: Annotated[float, typer.Option("--lambda", help="λ: reward lost per token allocated beyond B")] = 0.01,
+    thinking_price: Annotated[
+        float,
+        typer.Option("--thinking-price", min=0.0, help="μ: reward lost per thinking token used (0: TAB's reward)"),
+    ] = 0.0,
     seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
     steps: Annotated[int, typer.Option(help="GRPO steps")] = _GRPO.steps,
     problems_per_step: Annotated[
@@ -334,6 +338,7 @@ def train_budgeter_command(
         all_subq=all_subq,
         budget=rule,
         penalty=penalty,
+        thinking_price=thinking_price,
         seeds=seed_list,
         grpo=settings,
         embedder=embedder_dir,

@@ -9,6 +9,9 @@ frontier at equal accuracy (:mod:`thrifty.budgeter.tab.compare`).
     .venv/bin/python benchmarks/budgeter/run.py --world data/world --work data/tab-bench \\
         --budgets 64/turn 128/turn 256/turn --lambdas 0.01 --seeds 0 1 2 --jobs 2
 
+``--thinking-prices 0 1e-4`` also trains both TAB variants with a price μ on the thinking tokens used
+(``thrifty train budgeter --thinking-price``; 0 is TAB's own reward) and plays them in the same tables.
+
 ``--jobs N`` trains N jobs at once first, each in its own process on one thread (GRPO on the fast
 policy is mostly Python: on a 2-core machine two jobs take about as long as one).
 
@@ -83,9 +86,20 @@ def baseline_points(world: Any, folder: Path, rule: BudgetRule, judges: dict[str
     return points
 
 
-def job_options(base: TabJobOptions, work: Path, rule: BudgetRule, penalty: float, variant: str) -> TabJobOptions:
-    folder = work / f"{rule.label().replace('/', '-per-')}_lambda{penalty:g}" / variant
-    return replace(base, out=folder, budget=rule, penalty=penalty, all_subq=VARIANTS[variant])
+def variants(prices: list[float]) -> list[tuple[str, str, float]]:
+    """(name, TAB variant, μ) for every variant under every thinking price (μ = 0 keeps the plain name)."""
+    return [(v if price == 0 else f"{v} μ={price:g}", v, price) for price in prices for v in VARIANTS]
+
+
+def job_options(
+    base: TabJobOptions, work: Path, rule: BudgetRule, penalty: float, variant: str, price: float = 0.0
+) -> TabJobOptions:
+    folder = (
+        work
+        / f"{rule.label().replace('/', '-per-')}_lambda{penalty:g}"
+        / (variant if price == 0 else f"{variant}_mu{price:g}")
+    )
+    return replace(base, out=folder, budget=rule, penalty=penalty, all_subq=VARIANTS[variant], thinking_price=price)
 
 
 def _train_alone(options: TabJobOptions) -> str:
@@ -173,7 +187,7 @@ def plot_training(results: list[dict[str, Any]], path: Path) -> None:
                 ax.plot(
                     [h["step"] for h in history],
                     [h["reward"] for h in history],
-                    "-" if variant == "tab" else "--",
+                    "--" if "allsubq" in variant else "-",
                     lw=1,
                     label=f"{variant} {seed}",
                 )
@@ -193,6 +207,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path(__file__).parent)
     parser.add_argument("--budgets", nargs="+", default=["64/turn", "128/turn", "256/turn"])
     parser.add_argument("--lambdas", nargs="+", type=float, default=[0.01])
+    parser.add_argument(
+        "--thinking-prices", nargs="+", type=float, default=[0.0], help="μ per thinking token used (0: TAB's reward)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=GrpoSettings().steps)
     parser.add_argument("--problems-per-step", type=int, default=GrpoSettings().problems_per_step)
@@ -224,7 +241,12 @@ def main() -> None:
         test_problems=args.test_problems,
     )
     if args.jobs > 1:
-        every = [job_options(base, args.work, r, p, v) for r in rules for p in args.lambdas for v in VARIANTS]
+        every = [
+            job_options(base, args.work, r, p, v, mu)
+            for r in rules
+            for p in args.lambdas
+            for _, v, mu in variants(args.thinking_prices)
+        ]
         print(f"training {len(every)} jobs, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(_train_alone, every):
@@ -246,14 +268,15 @@ def main() -> None:
             judged = args.judge_budgets is None or rule in {BudgetRule.parse(b) for b in args.judge_budgets}
             policies = baseline_points(world, args.world, rule, judges if judged else {})
             histories: dict[str, Any] = {}
-            for variant in VARIANTS:
-                record = run_job(job_options(base, args.work, rule, penalty, variant))  # resumed: trained above
+            for label, variant, price in variants(args.thinking_prices):
+                # Resumed: trained above (or here, one at a time, without --jobs).
+                record = run_job(job_options(base, args.work, rule, penalty, variant, price))
                 runs = [
-                    Point(f"{variant} {name}", **{k: seed["test"][k] for k in ("accuracy", "thinking", "tokens")})
+                    Point(f"{label} {name}", **{k: seed["test"][k] for k in ("accuracy", "thinking", "tokens")})
                     for name, seed in record["seeds"].items()
                 ]
-                policies.append(over_seeds(variant, runs))
-                histories[variant] = {name: seed["history"] for name, seed in record["seeds"].items()}
+                policies.append(over_seeds(label, runs))
+                histories[label] = {name: seed["history"] for name, seed in record["seeds"].items()}
             policies.append(oracle_point(world, problems))
             results.append(
                 {

@@ -57,6 +57,7 @@ class PolicySpec(BaseModel):
     solvers: tuple[str, ...] = Field(min_length=1, description="the models it allocates budgets for")
     budget: ProblemBudget
     penalty: float = Field(ge=0, description="λ, reward lost per token allocated beyond B")
+    thinking_price: float = Field(0.0, ge=0, description="μ, reward lost per thinking token used")
     features: tuple[str, ...] = ()
     hidden: int = 0
     embedder: dict[str, Any] | None = None

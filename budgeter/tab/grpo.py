@@ -4,7 +4,12 @@ For a problem with token budget B, one *trajectory* is a budget per turn, sample
 temperature; the solver's outcome at each budget comes from the budget environment. Its reward is
 read once, at the end (TAB's):
 
-    R = [every turn right] − λ · max(0, Σ_t b_t − B)
+    R = [every turn right] − λ · max(0, Σ_t b_t − B) − μ · Σ_t thinking_t
+
+where μ, a price on the thinking tokens the solver actually used, is 0 in TAB's reward (the default):
+that reward is flat within B, so a policy has no reason to spend less than B allows. A small μ makes
+the cheaper of two allocations that both solve the problem the better one (within a group whose
+trajectories all solve, it alone sets the advantages), which is what savings in tokens used ask for.
 
 A *group* is G trajectories of the same problem. Each trajectory's advantage is its reward normalised
 within its group, ``(R − mean) / (std + ε)`` (std with Bessel's correction, as TRL computes it; a group
@@ -39,10 +44,13 @@ if TYPE_CHECKING:
 EPSILON = 1e-4
 
 
-def reward(solved: bool, allocated: int, budget: int | None, penalty: float) -> float:
-    """TAB's reward: the problem solved or not, less λ per token allocated beyond B."""
+def reward(
+    solved: bool, allocated: int, budget: int | None, penalty: float, thinking: int = 0, price: float = 0.0
+) -> float:
+    """TAB's reward: the problem solved or not, less λ per token allocated beyond B (and, when ``price``
+    μ is set, μ per thinking token used)."""
     overrun = 0 if budget is None else max(0, allocated - budget)
-    return float(solved) - penalty * overrun
+    return float(solved) - penalty * overrun - price * thinking
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -147,10 +155,12 @@ def rollout(
     penalty: float,
     temperature: float,
     rng: np.random.Generator | None,
+    price: float = 0.0,
 ) -> list[Trajectory]:
     """``group`` trajectories per problem, in lockstep turn by turn so each turn is one batched call.
 
     ``rng`` None: greedy (the evaluation's); otherwise actions are sampled at ``temperature``.
+    ``penalty`` and ``price`` are the reward's λ and μ (:func:`reward`).
     """
     trajectories = [Trajectory(problem) for problem in problems for _ in range(group)]
     # Each trajectory is its own episode: a fork of a table environment each, or else the one
@@ -183,7 +193,9 @@ def rollout(
             trajectory.thinking += result.thinking_tokens
             if result.done:
                 trajectory.solved = bool(result.problem_correct)
-                trajectory.reward = reward(trajectory.solved, sum(trajectory.budgets), limits[i], penalty)
+                trajectory.reward = reward(
+                    trajectory.solved, sum(trajectory.budgets), limits[i], penalty, trajectory.thinking, price
+                )
             else:
                 assert result.observation is not None
                 observations[i] = result.observation

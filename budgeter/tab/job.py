@@ -44,6 +44,7 @@ class TabJobOptions:
     all_subq: bool = False
     budget: BudgetRule = field(default_factory=lambda: BudgetRule(tokens=320))
     penalty: float = 0.01
+    thinking_price: float = 0.0  # μ: reward lost per thinking token used (0: TAB's reward)
     seeds: tuple[int, ...] = (0, 1, 2)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     eval_every: int = 25
@@ -141,6 +142,7 @@ def _spec(options: TabJobOptions, world: World, learner: Any, embedder: dict[str
         solvers=(world.solver,),
         budget=ProblemBudget(tokens=options.budget.tokens, per_turn=options.budget.per_turn),
         penalty=options.penalty,
+        thinking_price=options.thinking_price,
         features=tuple(getattr(learner, "names", ())),
         hidden=int(getattr(learner, "hidden", 0)),
         embedder=embedder,
@@ -188,7 +190,14 @@ def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) 
 
         def run_seed(context: StageContext, seed: int = seed) -> dict[str, Any]:
             learner, embedder = _learner(options, world.ladder, seed)
-            settings = RunSettings(options.budget, options.penalty, seed, options.grpo, options.eval_every)
+            settings = RunSettings(
+                options.budget,
+                options.penalty,
+                seed,
+                options.grpo,
+                options.eval_every,
+                thinking_price=options.thinking_price,
+            )
             with context.progress(options.grpo.steps, f"GRPO seed {seed}") as bar:
                 history = train(
                     learner,
@@ -199,7 +208,9 @@ def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) 
                     context.checkpoint,
                     bar,
                 )
-            test = evaluate(world.test, learner, world.test_problems, options.budget, options.penalty)
+            test = evaluate(
+                world.test, learner, world.test_problems, options.budget, options.penalty, options.thinking_price
+            )
             metrics = {"validation": history["history"][-1], "test": test}
             _write_seed(options, world, learner, embedder, seed, metrics)
             return {"history": history["history"], "train": history["train"][-1:], **metrics}

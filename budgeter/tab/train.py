@@ -75,16 +75,22 @@ class RunSettings:
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     eval_every: int = 25
     checkpoint_every: int = 25
+    thinking_price: float = 0.0  # μ, per thinking token used (0: TAB's reward)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def evaluate(
-    env: BudgetEnv, learner: Learner, problems: Sequence[str], budget: int | None | BudgetRule, penalty: float
+    env: BudgetEnv,
+    learner: Learner,
+    problems: Sequence[str],
+    budget: int | None | BudgetRule,
+    penalty: float,
+    thinking_price: float = 0.0,
 ) -> dict[str, float]:
     """The greedy policy on ``problems``: mean reward, problem accuracy, thinking and all tokens per problem."""
-    played = rollout(env, learner, problems, 1, as_rule(budget), penalty, 1.0, None)
+    played = rollout(env, learner, problems, 1, as_rule(budget), penalty, 1.0, None, thinking_price)
     return summarize(played)
 
 
@@ -135,7 +141,9 @@ def train(
 
     def validate() -> None:
         if validation is not None:
-            found = evaluate(validation[0], learner, validation[1], settings.budget, settings.penalty)
+            found = evaluate(
+                validation[0], learner, validation[1], settings.budget, settings.penalty, settings.thinking_price
+            )
             state["history"].append({"step": state["step"], **found})
 
     if not state["history"]:
@@ -144,7 +152,9 @@ def train(
         step = state["step"]
         problems = batch_of(train_problems, grpo.problems_per_step, settings.seed, step)
         rng = np.random.default_rng([settings.seed, step])
-        played = rollout(env, learner, problems, grpo.group, budget, settings.penalty, grpo.temperature, rng)
+        played = rollout(
+            env, learner, problems, grpo.group, budget, settings.penalty, grpo.temperature, rng, settings.thinking_price
+        )
         stats = update(learner, optimizer, played, grpo.group, grpo)
         state["step"] = step + 1
         state["train"].append({"step": state["step"], **{k: round(v, 5) for k, v in stats.items()}})

@@ -18,6 +18,12 @@ def test_reward_is_solved_less_lambda_per_token_over_budget() -> None:
     assert reward(False, 10_000, None, 0.01) == 0.0  # no B: nothing to overrun
 
 
+def test_the_thinking_price_charges_tokens_used_within_budget_too() -> None:
+    assert reward(True, 300, 400, 0.01, thinking=120) == 1.0  # μ = 0: TAB's reward ignores what was used
+    assert reward(True, 300, 400, 0.01, thinking=120, price=0.001) == pytest.approx(1.0 - 0.12)
+    assert reward(True, 450, 400, 0.01, thinking=120, price=0.001) == pytest.approx(1.0 - 0.5 - 0.12)
+
+
 def test_group_advantages_normalise_within_each_group() -> None:
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
     found = group_advantages(rewards)

@@ -107,6 +107,26 @@ def test_training_learns_what_the_table_rewards(tmp_path: Path) -> None:
     assert before["accuracy"] == 0.5 and after["accuracy"] == 1.0, history["history"]
 
 
+def test_a_thinking_price_makes_the_cheaper_of_two_solving_levels_win(tmp_path: Path) -> None:
+    """p2's one turn is right at 16 (thinking 15) and at 64 (thinking 20, its unlimited use): TAB's
+    reward, flat within B, cannot tell them apart and the policy stays where it started; with μ the
+    5 tokens decide every group, and the policy learns to give that turn 16."""
+    env = _env()
+    grpo = GrpoSettings(steps=30, problems_per_step=2, group=8, learning_rate=0.03)
+    context = context_of(env.reset("p2"), 200, False)
+    found = {}
+    for price in (0.0, 0.01):
+        learner = FastLearner(env.ladder, False, seed=0)
+        start = learner.probabilities([context], np.ones((1, 2), dtype=bool), 1.0)[0]
+        settings = RunSettings(budget=200, penalty=0.05, seed=0, grpo=grpo, thinking_price=price)
+        train(learner, env, env.problems, None, settings, tmp_path / f"run{price}")
+        found[price] = learner.probabilities([context], np.ones((1, 2), dtype=bool), 1.0)[0]
+    np.testing.assert_allclose(found[0.0], start, atol=1e-6)  # nothing in the reward to learn from
+    assert found[0.01][0] > 0.9, found
+    priced = evaluate(env, learner, ["p2"], 200, 0.05, thinking_price=0.01)
+    assert priced["thinking"] == 15 and priced["reward"] == pytest.approx(1.0 - 0.15)
+
+
 def test_artifacts_round_trip_and_refuse_what_they_cannot_serve(tmp_path: Path) -> None:
     env = _env()
     learner = FastLearner(env.ladder, True, seed=1)
