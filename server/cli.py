@@ -294,6 +294,9 @@ def train_budgeter_command(
     learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = _GRPO.learning_rate,
     temperature: Annotated[float, typer.Option(help="sampling temperature of the trajectories")] = _GRPO.temperature,
     beta: Annotated[float, typer.Option(help="weight of the KL to the reference policy")] = _GRPO.beta,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="optimisation passes over each step's trajectories (TRL: 1)")
+    ] = _GRPO.epochs,
     embedder_dir: Annotated[
         Path | None, typer.Option("--embedder-dir", help="fast: a static embedder whose vectors join the features")
     ] = None,
@@ -324,6 +327,7 @@ def train_budgeter_command(
             temperature=temperature,
             learning_rate=learning_rate,
             beta=beta,
+            epochs=epochs,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None

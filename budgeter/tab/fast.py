@@ -106,14 +106,25 @@ class FastLearner:
 
     def log_probs(
         self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
+        return self._log_probs(self.network, contexts, masks, actions, temperature)
+
+    def reference_log_probs(
+        self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
+    ) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            return self._log_probs(self.reference, contexts, masks, actions, temperature)
+
+    def _log_probs(
+        self, network: Any, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
+    ) -> torch.Tensor:
         import torch
 
         index = torch.from_numpy(np.asarray(actions, dtype=np.int64))[:, None]
-        new = masked_log_softmax(self._logits(self.network, contexts), masks, temperature).gather(1, index)[:, 0]
-        with torch.no_grad():
-            ref = masked_log_softmax(self._logits(self.reference, contexts), masks, temperature).gather(1, index)[:, 0]
-        return new, ref
+        logp: torch.Tensor = masked_log_softmax(self._logits(network, contexts), masks, temperature)
+        return logp.gather(1, index)[:, 0]
 
     # --- export ----------------------------------------------------------------------------------------
 

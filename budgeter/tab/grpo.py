@@ -124,8 +124,14 @@ class Learner(Protocol):
 
     def log_probs(
         self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of ``actions`` under the policy (with gradient) and the reference (without)."""
+    ) -> torch.Tensor:
+        """Log-probabilities of ``actions`` under the policy being trained, with gradient."""
+        ...
+
+    def reference_log_probs(
+        self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
+    ) -> torch.Tensor:
+        """Log-probabilities of ``actions`` under the reference policy, without gradient."""
         ...
 
 
@@ -271,16 +277,19 @@ def update(
     owner_t = torch.tensor(owner, dtype=torch.long)
     weights = action_weights(owner_t, len(trajectories))
     size = learner.micro_batch or len(contexts)
+    parts = [slice(start, start + size) for start in range(0, len(contexts), size)]
+    # The reference does not move during the update: its log-probabilities are read once, not per epoch.
+    references = [
+        learner.reference_log_probs(contexts[part], mask_array[part], action_array[part], settings.temperature)
+        for part in parts
+    ]
     for _ in range(settings.epochs):
         # The loss is a weighted sum over actions, so micro-batches' gradients add up to the batch's:
         # an LLM policy keeps one micro-batch's activations at a time, not the whole step's.
         optimizer.zero_grad(set_to_none=True)
         loss, kl, clipped = 0.0, 0.0, 0.0
-        for start in range(0, len(contexts), size):
-            part = slice(start, start + size)
-            new, reference = learner.log_probs(
-                contexts[part], mask_array[part], action_array[part], settings.temperature
-            )
+        for part, reference in zip(parts, references, strict=True):
+            new = learner.log_probs(contexts[part], mask_array[part], action_array[part], settings.temperature)
             terms, kls, clips = grpo_terms(
                 new, old_t[part], reference, advantages_t[part], settings.clip, settings.beta
             )

@@ -190,18 +190,27 @@ class LlmScorer:
 
     def log_probs(
         self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         import torch
 
         index = torch.from_numpy(np.asarray(actions, dtype=np.int64))[:, None]
         self.model.train()
         try:
-            new = masked_log_softmax(self._letter_logits(contexts), masks, temperature).gather(1, index)[:, 0]
+            logp: torch.Tensor = masked_log_softmax(self._letter_logits(contexts), masks, temperature)
         finally:
             self.model.eval()
+        return logp.gather(1, index)[:, 0]
+
+    def reference_log_probs(
+        self, contexts: Sequence[Context], masks: np.ndarray, actions: np.ndarray, temperature: float
+    ) -> torch.Tensor:
+        """The base model's (the adapter switched off)."""
+        import torch
+
+        index = torch.from_numpy(np.asarray(actions, dtype=np.int64))[:, None]
         with torch.no_grad():
-            ref = masked_log_softmax(self._letter_logits(contexts, reference=True), masks, temperature)
-        return new, ref.gather(1, index)[:, 0]
+            logp: torch.Tensor = masked_log_softmax(self._letter_logits(contexts, reference=True), masks, temperature)
+        return logp.gather(1, index)[:, 0]
 
     def parameters(self) -> Any:
         return [p for p in self.model.parameters() if p.requires_grad]
