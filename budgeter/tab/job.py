@@ -196,6 +196,7 @@ def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) 
                 seed,
                 options.grpo,
                 options.eval_every,
+                checkpoint_every=options.eval_every,  # a checkpoint at every validation point
                 thinking_price=options.thinking_price,
             )
             with context.progress(options.grpo.steps, f"GRPO seed {seed}") as bar:
