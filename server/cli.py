@@ -297,6 +297,13 @@ def train_budgeter_command(
     epochs: Annotated[
         int, typer.Option(min=1, help="optimisation passes over each step's trajectories (TRL: 1)")
     ] = _GRPO.epochs,
+    scale_rewards: Annotated[
+        bool,
+        typer.Option(
+            "--scale-rewards/--no-scale-rewards",
+            help="divide each group's centred rewards by their std (GRPO); off: Dr. GRPO, for --thinking-price",
+        ),
+    ] = _GRPO.scale_rewards,
     embedder_dir: Annotated[
         Path | None, typer.Option("--embedder-dir", help="fast: a static embedder whose vectors join the features")
     ] = None,
@@ -328,6 +335,7 @@ def train_budgeter_command(
             learning_rate=learning_rate,
             beta=beta,
             epochs=epochs,
+            scale_rewards=scale_rewards,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None

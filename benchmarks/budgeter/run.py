@@ -86,9 +86,11 @@ def baseline_points(world: Any, folder: Path, rule: BudgetRule, judges: dict[str
     return points
 
 
-def variants(prices: list[float]) -> list[tuple[str, str, float]]:
-    """(name, TAB variant, μ) for every variant under every thinking price (μ = 0 keeps the plain name)."""
-    return [(v if price == 0 else f"{v} μ={price:g}", v, price) for price in prices for v in VARIANTS]
+def variants(prices: list[float], scaled: bool = True) -> list[tuple[str, str, float]]:
+    """(name, TAB variant, μ) for every variant under every thinking price (μ = 0 keeps the plain name;
+    unscaled advantages add " unscaled")."""
+    tail = "" if scaled else " unscaled"
+    return [((v if price == 0 else f"{v} μ={price:g}") + tail, v, price) for price in prices for v in VARIANTS]
 
 
 def job_options(
@@ -97,7 +99,7 @@ def job_options(
     folder = (
         work
         / f"{rule.label().replace('/', '-per-')}_lambda{penalty:g}"
-        / (variant if price == 0 else f"{variant}_mu{price:g}")
+        / ((variant if price == 0 else f"{variant}_mu{price:g}") + ("" if base.grpo.scale_rewards else "_unscaled"))
     )
     return replace(base, out=folder, budget=rule, penalty=penalty, all_subq=VARIANTS[variant], thinking_price=price)
 
@@ -216,6 +218,11 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=GrpoSettings().group)
     parser.add_argument("--lr", type=float, default=GrpoSettings().learning_rate)
     parser.add_argument("--beta", type=float, default=GrpoSettings().beta)
+    parser.add_argument(
+        "--no-scale-rewards",
+        action="store_true",
+        help="advantages centred in each group, not divided by its std (Dr. GRPO), for every TAB variant",
+    )
     parser.add_argument("--judge-model", type=Path, default=None, help="SmolLM2 folder: adds the LLM judge")
     parser.add_argument(
         "--judge-budgets", nargs="+", default=None, help="play the judge only under these B (default: every B)"
@@ -230,6 +237,7 @@ def main() -> None:
         group=args.group,
         learning_rate=args.lr,
         beta=args.beta,
+        scale_rewards=not args.no_scale_rewards,
     )
     rules = [BudgetRule.parse(text) for text in args.budgets]
     base = TabJobOptions(
@@ -245,7 +253,7 @@ def main() -> None:
             job_options(base, args.work, r, p, v, mu)
             for r in rules
             for p in args.lambdas
-            for _, v, mu in variants(args.thinking_prices)
+            for _, v, mu in variants(args.thinking_prices, grpo.scale_rewards)
         ]
         print(f"training {len(every)} jobs, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -268,7 +276,7 @@ def main() -> None:
             judged = args.judge_budgets is None or rule in {BudgetRule.parse(b) for b in args.judge_budgets}
             policies = baseline_points(world, args.world, rule, judges if judged else {})
             histories: dict[str, Any] = {}
-            for label, variant, price in variants(args.thinking_prices):
+            for label, variant, price in variants(args.thinking_prices, grpo.scale_rewards):
                 # Resumed: trained above (or here, one at a time, without --jobs).
                 record = run_job(job_options(base, args.work, rule, penalty, variant, price))
                 runs = [

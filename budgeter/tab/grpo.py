@@ -53,13 +53,23 @@ def reward(
     return float(solved) - penalty * overrun - price * thinking
 
 
-def group_advantages(rewards: np.ndarray) -> np.ndarray:
-    """(problems, G) rewards → advantages normalised within each row (0 where a row is constant)."""
+def group_advantages(rewards: np.ndarray, scale: bool = True) -> np.ndarray:
+    """(problems, G) rewards → advantages centred within each row (0 where a row is constant) and, with
+    ``scale`` (GRPO's), divided by the row's standard deviation.
+
+    Scaling makes a group's advantages the same size whatever its rewards' spread: in a group whose
+    trajectories all solve the problem, or all fail it, a thinking price of 1e-4 per token then weighs
+    as much as solving does elsewhere. Without it (Dr. GRPO; TRL's ``scale_rewards="none"``) such a
+    group pushes only as hard as its rewards differ, so a small price breaks ties without outweighing
+    accuracy.
+    """
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2 or rewards.shape[1] < 2:
         raise ValueError("advantages need groups of at least 2 trajectories: rewards of shape (problems, G ≥ 2)")
     centred = rewards - rewards.mean(axis=1, keepdims=True)
     spread = rewards.std(axis=1, ddof=1, keepdims=True)
+    if not scale:
+        return np.where(spread > 0, centred, 0.0)
     return np.where(spread > 0, centred / (spread + EPSILON), 0.0)
 
 
@@ -243,6 +253,7 @@ class GrpoSettings:
     epochs: int = 2  # optimisation passes over each batch of trajectories
     clip: float = 0.2
     beta: float = 0.01  # weight of the KL to the reference policy
+    scale_rewards: bool = True  # divide each group's centred rewards by their std (GRPO); False: Dr. GRPO
 
 
 def update(
@@ -256,7 +267,7 @@ def update(
     import torch
 
     rewards = np.asarray([t.reward for t in trajectories]).reshape(-1, group)
-    advantages = group_advantages(rewards).reshape(-1)
+    advantages = group_advantages(rewards, settings.scale_rewards).reshape(-1)
     contexts, masks, actions, old, owner, weight = [], [], [], [], [], []
     for index, (trajectory, advantage) in enumerate(zip(trajectories, advantages, strict=True)):
         taken = [k for k, a in enumerate(trajectory.actions) if a >= 0]

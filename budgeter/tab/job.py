@@ -61,6 +61,8 @@ class TabJobOptions:
         data["embedder"] = None if self.embedder is None else str(self.embedder.resolve())
         data["model_dir"] = None if self.model_dir is None else str(self.model_dir.resolve())
         data["seeds"] = list(self.seeds)
+        if self.grpo.scale_rewards:  # the default, recorded only when off: older job folders still resume
+            del data["grpo"]["scale_rewards"]
         return data
 
 

@@ -34,6 +34,19 @@ def test_group_advantages_normalise_within_each_group() -> None:
         group_advantages(np.array([[1.0], [0.0]]))
 
 
+def test_unscaled_advantages_keep_a_small_price_small() -> None:
+    # Both trajectories of the first group solve; the second spent 100 more thinking tokens at μ = 1e-4.
+    # The second group is split by solving. Scaled, both groups push equally hard; unscaled, the price
+    # only breaks the tie: a hundredth of what solving is worth.
+    rewards = np.array([[1.0, 0.99], [1.0, 0.0]])
+    scaled = group_advantages(rewards)
+    assert abs(scaled[0, 0]) == pytest.approx(abs(scaled[1, 0]), rel=0.02)
+    unscaled = group_advantages(rewards, scale=False)
+    assert unscaled[0] == pytest.approx([0.005, -0.005])
+    assert unscaled[1] == pytest.approx([0.5, -0.5])
+    assert np.all(group_advantages(np.array([[0.3, 0.3]]), scale=False) == 0.0)
+
+
 def test_grpo_loss_by_hand() -> None:
     # Two trajectories: the first took two actions (advantage +1), the second one (advantage -1).
     old = torch.log(torch.tensor([0.5, 0.25, 0.5]))
