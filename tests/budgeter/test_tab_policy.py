@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from thrifty.budgeter.tab.difficulty import estimate_turn
 from thrifty.budgeter.tab.fast import FastLearner
 from thrifty.budgeter.tab.features import PLAN, SCALARS, Context, context_of, feature_names, scalars
 from thrifty.budgeter.tab.grpo import GrpoSettings, rollout, update
+from thrifty.budgeter.tab.job import TabJobOptions
 from thrifty.budgeter.tab.policy import allowed
 from thrifty.budgeter.tab.train import RunSettings, evaluate, train
 from thrifty.budgeter.world.arithmetic import tokenize, work
@@ -196,3 +198,11 @@ def test_micro_batched_updates_equal_the_whole_batch_update() -> None:
     assert found[0]["kl"] == pytest.approx(found[1]["kl"], rel=1e-5) and found[0]["kl"] > 0
     for a, b in zip(whole.export().layers, parts.export().layers, strict=True):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_job_records_unscaled_advantages_and_still_resumes_folders_from_before_the_option() -> None:
+    plain = TabJobOptions(world=Path("world"), out=Path("out"))
+    assert "scale_rewards" not in plain.settings()["grpo"]  # the settings such folders were written with
+    unscaled = replace(plain, grpo=GrpoSettings(scale_rewards=False))
+    assert unscaled.settings()["grpo"]["scale_rewards"] is False
+    assert plain.settings() != unscaled.settings()  # so a rerun with the other choice is refused
