@@ -59,9 +59,9 @@ def group_advantages(rewards: np.ndarray, scale: bool = True) -> np.ndarray:
 
     Scaling makes a group's advantages the same size whatever its rewards' spread: in a group whose
     trajectories all solve the problem, or all fail it, a thinking price of 1e-4 per token then weighs
-    as much as solving does elsewhere. Without it (Dr. GRPO; TRL's ``scale_rewards="none"``) such a
-    group pushes only as hard as its rewards differ, so a small price breaks ties without outweighing
-    accuracy.
+    as much as solving does elsewhere. Without it (as Dr. GRPO and TRL's ``scale_rewards="none"`` do;
+    only the std goes, each turn's action keeps its weight) such a group pushes only as hard as its
+    rewards differ, so a small price breaks ties without outweighing accuracy.
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2 or rewards.shape[1] < 2:
