@@ -37,15 +37,16 @@ def main() -> None:
     problems = world.test_problems
     policy = environment_policy(args.artifact, rule)
 
+    rows_of = table.problems()
     picks: dict[str, Counter[int | None]] = defaultdict(Counter)
-    solved = thinking = 0
+    solved = thinking = tokens = 0
     for problem in problems:
         episode = run_episode(world.test, problem, policy)
         solved += episode.correct
         thinking += episode.thinking_tokens
+        tokens += episode.tokens
         _, needs, _ = oracle_allocation(table, problem)
-        rows = table.problems()[problem]
-        for row, need, budget in zip(rows, needs, episode.budgets, strict=True):
+        for row, need, budget in zip(rows_of[problem], needs, episode.budgets, strict=True):
             reachable = any(row.outcome(level).correct for level in table.ladder)
             picks[str(need) if reachable else "none"][budget] += 1
 
@@ -59,7 +60,7 @@ def main() -> None:
         cells = " | ".join(str(counts.get(b, 0)) for b in levels)
         print(f"| {need} | {sum(counts.values())} | {cells} |")
 
-    points = [Point("policy", solved / len(problems), thinking / len(problems), 0.0)]
+    points = [Point("policy", solved / len(problems), thinking / len(problems), tokens / len(problems))]
     points += [play(world.test, problems, static(level), f"static-{level}") for level in table.ladder]
     print("\n| policy | accuracy (%) | thinking per problem |")
     print("|---|---:|---:|")
