@@ -166,6 +166,45 @@ class Batches:
         return rng.randrange(len(example.thinking) + 1)
 
 
+class _EagerLoss:
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**batch).loss  # type: ignore[no-any-return]
+
+
+class _CompiledLoss:
+    """The model's loss through ``torch.compile`` (dynamic shapes: batch widths vary), eager as a fallback.
+
+    Inductor compiles C++ kernels for the CPU; without a C++ compiler, or if compiling fails, the step
+    runs eagerly from then on, with a warning: the same training, only slower. The compiled module shares
+    the model's parameters, so checkpoints and the saved model are the plain model's.
+    """
+
+    def __init__(self, model: PreTrainedModel, name: str) -> None:
+        import torch
+
+        self.model = model
+        self.name = name
+        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        self.active = compiler is not None
+        if not self.active:
+            logger.warning("training %s eagerly: torch.compile needs a C++ compiler (none found; set CXX)", name)
+        self.compiled = torch.compile(model, dynamic=True) if self.active else model
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from torch._dynamo.exc import TorchDynamoException  # wraps Inductor's failures too
+
+        if self.active:
+            try:
+                return self.compiled(**batch).loss  # type: ignore[no-any-return]
+            except TorchDynamoException as error:
+                logger.warning("training %s eagerly: torch.compile failed (%s)", self.name, str(error)[:500])
+                self.active = False
+        return self.model(**batch).loss  # type: ignore[no-any-return]
+
+
 def _learning_rate(plan: TrainingPlan, step: int) -> float:
     if step < plan.warmup_steps:
         return plan.learning_rate * (step + 1) / plan.warmup_steps
@@ -230,6 +269,7 @@ def train_solver(
     if progress["step"]:
         load_optimizer(optimizer, checkpoint)
     batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, int(tokenizer.pad_token_id))
+    step_loss = _CompiledLoss(model, spec.name) if plan.compiled else _EagerLoss(model)
     limit_s = plan.max_minutes * 60
     started = time.monotonic() - progress["elapsed_s"]
     last_checkpoint = time.monotonic()
@@ -248,8 +288,8 @@ def train_solver(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(plan, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast):
-            loss = model(**batches(step)).loss
-        loss.backward()
+            loss = step_loss(batches(step))
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -283,6 +323,7 @@ def train_solver(
         "final_loss": progress["losses"][-1][1] if progress["losses"] else None,
         "losses": progress["losses"],
         "examples": len(batches.examples),
+        "compiled": isinstance(step_loss, _CompiledLoss) and step_loss.active,
     }
     (out / "training.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(checkpoint, ignore_errors=True)

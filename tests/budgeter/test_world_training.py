@@ -155,6 +155,34 @@ def test_resumed_training_equals_uninterrupted(spec: SolverSpec, chains: list, t
     assert (tmp_path / "resumed" / "tokenizer.json").exists()
 
 
+def test_a_compiled_step_trains_the_same_model(chains: list, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    # torch.compile only changes how the step runs: the same losses and weights as eager training, up to
+    # the float rounding of fused kernels; the record says the compiled step really ran.
+    eager = train_solver(TINY, _plan(), chains, tmp_path / "eager", seed=3, progress_bar=False)
+    compiled = train_solver(TINY, _plan(compiled=True), chains, tmp_path / "compiled", seed=3, progress_bar=False)
+    assert compiled["compiled"] is True and eager["compiled"] is False
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-3)
+    a = load_file(tmp_path / "eager" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4, msg=name)
+    assert set(b) == set(a)  # the saved model is the plain model, not the compiled wrapper
+
+
+def test_without_a_compiler_a_compiled_plan_trains_eagerly(
+    chains: list,  # type: ignore[type-arg]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("thrifty.budgeter.world.training.shutil.which", lambda _: None)
+    with caplog.at_level("WARNING"):
+        record = train_solver(TINY, _plan(compiled=True), chains, tmp_path / "m", seed=3, progress_bar=False)
+    assert record["compiled"] is False and record["steps"] == 6
+    assert "needs a C++ compiler" in caplog.text
+
+
 def test_the_time_limit_is_only_a_safety_net_that_fails_clearly(chains: list, tmp_path: Path) -> None:  # type: ignore[type-arg]
     # Far past the limit from the start (a machine infinitely slow): no silent short training, an error
     # that says what happened and what to do, and a checkpoint the next run continues from.
@@ -195,6 +223,10 @@ def test_a_solver_can_have_its_own_schedule_length(tmp_path: Path) -> None:
     mixed = _plan(bf16=("small",))
     assert mixed.for_solver("small").autocast and not mixed.for_solver("other").autocast
     assert load_specs().training["full"].for_solver("dense-m").autocast  # bfloat16 buys dense-m its steps
+    assert load_specs().training["full"].for_solver("dense-m").compiled  # and so does torch.compile
+    assert not load_specs().training["quick"].for_solver("dense-m").compiled
+    assert _plan(torch_compile=("small",)).for_solver("small").compiled
+    assert not _plan(torch_compile=("small",)).for_solver("other").compiled
     with pytest.raises(ValueError, match="solver_steps"):
         _plan(solver_steps={"small": 0})
     spec = yaml.safe_load(SPEC_FILE.read_text())
