@@ -177,9 +177,10 @@ class _EagerLoss:
 class _CompiledLoss:
     """The model's loss through ``torch.compile`` (dynamic shapes: batch widths vary), eager as a fallback.
 
-    Inductor compiles C++ kernels for the CPU; without a C++ compiler, or if compiling fails, the step
-    runs eagerly from then on, with a warning: the same training, only slower. The compiled module shares
-    the model's parameters, so checkpoints and the saved model are the plain model's.
+    Inductor compiles C++ kernels for the CPU; without a C++ compiler, or if Dynamo or Inductor fails on
+    the forward pass, the step runs eagerly from then on, with a warning: the same training, only slower.
+    The compiled module shares the model's parameters, so checkpoints and the saved model are the plain
+    model's.
     """
 
     def __init__(self, model: PreTrainedModel, name: str) -> None:
