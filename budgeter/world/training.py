@@ -166,43 +166,37 @@ class Batches:
         return rng.randrange(len(example.thinking) + 1)
 
 
-class _EagerLoss:
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**batch).loss  # type: ignore[no-any-return]
-
-
-class _CompiledLoss:
-    """The model's loss through ``torch.compile`` (dynamic shapes: batch widths vary), eager as a fallback.
+class _StepLoss:
+    """The model's loss for one batch: eager, or through ``torch.compile`` (dynamic shapes: widths vary).
 
     Inductor compiles C++ kernels for the CPU; without a C++ compiler, or if Dynamo or Inductor fails on
     the forward pass, the step runs eagerly from then on, with a warning: the same training, only slower.
     The compiled module shares the model's parameters, so checkpoints and the saved model are the plain
-    model's.
+    model's. ``compiled`` says whether the compiled step is (still) the one running.
     """
 
-    def __init__(self, model: PreTrainedModel, name: str) -> None:
+    def __init__(self, model: PreTrainedModel, name: str, compiled: bool) -> None:
         import torch
 
         self.model = model
         self.name = name
-        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-        self.active = compiler is not None
-        if not self.active:
+        self.compiled = compiled
+        if compiled and not (
+            os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        ):
             logger.warning("training %s eagerly: torch.compile needs a C++ compiler (none found; set CXX)", name)
-        self.compiled = torch.compile(model, dynamic=True) if self.active else model
+            self.compiled = False
+        self.forward = torch.compile(model, dynamic=True) if self.compiled else model
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from torch._dynamo.exc import TorchDynamoException  # wraps Inductor's failures too
 
-        if self.active:
+        if self.compiled:
             try:
-                return self.compiled(**batch).loss  # type: ignore[no-any-return]
+                return self.forward(**batch).loss  # type: ignore[no-any-return]
             except TorchDynamoException as error:
                 logger.warning("training %s eagerly: torch.compile failed (%s)", self.name, str(error)[:500])
-                self.active = False
+                self.compiled = False
         return self.model(**batch).loss  # type: ignore[no-any-return]
 
 
@@ -270,7 +264,7 @@ def train_solver(
     if progress["step"]:
         load_optimizer(optimizer, checkpoint)
     batches = Batches(make_examples(chains, tokenizer), plan, seed, think_end, int(tokenizer.pad_token_id))
-    step_loss = _CompiledLoss(model, spec.name) if plan.compiled else _EagerLoss(model)
+    step_loss = _StepLoss(model, spec.name, plan.compiled)
     limit_s = plan.max_minutes * 60
     started = time.monotonic() - progress["elapsed_s"]
     last_checkpoint = time.monotonic()
@@ -324,7 +318,7 @@ def train_solver(
         "final_loss": progress["losses"][-1][1] if progress["losses"] else None,
         "losses": progress["losses"],
         "examples": len(batches.examples),
-        "compiled": isinstance(step_loss, _CompiledLoss) and step_loss.active,
+        "compiled": step_loss.compiled,
     }
     (out / "training.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(checkpoint, ignore_errors=True)
