@@ -271,6 +271,17 @@ def _budget(text: str) -> int | None:
 _GRPO = GrpoSettings()  # the training defaults the options show
 
 
+def _prices(text: str) -> tuple[float, ...]:
+    """``0,3e-4,1e-3`` → the grid μ is chosen from (each ≥ 0, at least two, none twice)."""
+    try:
+        grid = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--choose-price-from takes comma-separated numbers, not '{text}'") from None
+    if len(grid) < 2 or any(not (math.isfinite(price) and price >= 0) for price in grid) or len(set(grid)) != len(grid):
+        raise ValueError(f"--choose-price-from needs two or more different prices ≥ 0, not '{text}'")
+    return grid
+
+
 @train_app.command("budgeter")
 def train_budgeter_command(
     world: Annotated[Path, typer.Option("--world", help="a `thrifty world build` folder")] = Path("data/world"),
@@ -285,6 +296,22 @@ def train_budgeter_command(
         float,
         typer.Option("--thinking-price", min=0.0, help="μ: reward lost per thinking token used (0: TAB's reward)"),
     ] = 0.0,
+    choose_price_from: Annotated[
+        str | None,
+        typer.Option(
+            "--choose-price-from",
+            help="comma-separated μ values: train each, keep the largest that holds validation accuracy",
+        ),
+    ] = None,
+    accuracy_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--accuracy-tolerance",
+            min=0.0,
+            max=1.0,
+            help="with --choose-price-from: validation accuracy (a share) μ may cost below the best static level",
+        ),
+    ] = 0.01,
     seeds: Annotated[str, typer.Option(help="comma-separated training seeds")] = "0,1,2",
     steps: Annotated[int, typer.Option(help="GRPO steps")] = _GRPO.steps,
     problems_per_step: Annotated[
@@ -327,6 +354,7 @@ def train_budgeter_command(
     try:
         rule = BudgetRule.parse(budget)
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        grid = _prices(choose_price_from) if choose_price_from is not None else ()
         settings = GrpoSettings(
             steps=steps,
             problems_per_step=problems_per_step,
@@ -351,6 +379,8 @@ def train_budgeter_command(
         budget=rule,
         penalty=penalty,
         thinking_price=thinking_price,
+        price_grid=grid,
+        accuracy_tolerance=accuracy_tolerance,
         seeds=seed_list,
         grpo=settings,
         embedder=embedder_dir,
@@ -369,6 +399,12 @@ def train_budgeter_command(
         f"test problems: accuracy {spread['accuracy']['mean']:.3f} ± {spread['accuracy']['std']:.3f}, thinking "
         f"tokens per problem {spread['thinking']['mean']:.1f} ± {spread['thinking']['std']:.1f} (over seeds)"
     )
+    if "price" in record:
+        choice = record["price"]
+        typer.echo(
+            f"thinking price μ = {choice['chosen']:g} ({choice['why']}: best static level "
+            f"{choice['reference']:.3f} on validation, tolerance {choice['tolerance']:g})"
+        )
     typer.echo(f"TAB policy: {record['policy']} (seed {record['chosen']})")
 
 

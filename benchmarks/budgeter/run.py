@@ -12,6 +12,12 @@ frontier at equal accuracy (:mod:`thrifty.budgeter.tab.compare`).
 ``--thinking-prices 0 1e-4`` also trains both TAB variants with a price μ on the thinking tokens used
 (``thrifty train budgeter --thinking-price``; 0 is TAB's own reward) and plays them in the same tables.
 
+``--choose-price-from 0 3e-4 1e-3`` trains both variants under every μ of that grid instead, lets the
+job choose μ on its validation problems (the largest that keeps the best static level's validation
+accuracy, less ``--accuracy-tolerance``), and plays every μ of the grid and the chosen one: a row per μ
+("tab μ=3e-4") and "tab μ chosen". With 0 in the grid, the plain TAB rows are its μ = 0 runs
+(not trained twice). ``--price-budgets`` limits the grid to some B (the others train plain TAB).
+
 ``--jobs N`` trains N jobs at once first, each in its own process on one thread (GRPO on the fast
 policy is mostly Python: on a 2-core machine two jobs take about as long as one).
 
@@ -102,6 +108,63 @@ def job_options(
         / ((variant if price == 0 else f"{variant}_mu{price:g}") + ("" if base.grpo.scale_rewards else "_unscaled"))
     )
     return replace(base, out=folder, budget=rule, penalty=penalty, all_subq=VARIANTS[variant], thinking_price=price)
+
+
+def grid_options(
+    base: TabJobOptions, work: Path, rule: BudgetRule, penalty: float, variant: str, grid: list[float], tolerance: float
+) -> TabJobOptions:
+    """A job that chooses μ from ``grid`` on validation (``thrifty train budgeter --choose-price-from``)."""
+    plain = job_options(base, work, rule, penalty, variant)
+    folder = plain.out.with_name(f"{variant}_mu-chosen" + ("" if base.grpo.scale_rewards else "_unscaled"))
+    return replace(plain, out=folder, price_grid=tuple(grid), accuracy_tolerance=tolerance)
+
+
+def jobs_for(
+    base: TabJobOptions, args: argparse.Namespace, rule: BudgetRule, penalty: float
+) -> tuple[list[tuple[str, TabJobOptions]], list[tuple[str, TabJobOptions]]]:
+    """The plain jobs ((row name, options) per variant and μ) and the μ-choosing ones under one B."""
+    gridded = args.choose_price_from and (
+        args.price_budgets is None or rule in {BudgetRule.parse(b) for b in args.price_budgets}
+    )
+    grid = (
+        [
+            (v, grid_options(base, args.work, rule, penalty, v, args.choose_price_from, args.accuracy_tolerance))
+            for v in VARIANTS
+        ]
+        if gridded
+        else []
+    )
+    plain = [
+        (label, job_options(base, args.work, rule, penalty, v, mu))
+        for label, v, mu in variants(args.thinking_prices, base.grpo.scale_rewards)
+        if not (gridded and mu in args.choose_price_from)  # the grid's runs of that μ give the row
+    ]
+    return plain, grid
+
+
+def grid_points(variant: str, record: dict[str, Any], scaled: bool) -> tuple[list[Point], dict[str, Any]]:
+    """Rows of a μ-choosing job: every μ of its grid over seeds, then the chosen μ; and the histories."""
+    tail = "" if scaled else " unscaled"
+    choice = record["price"]
+    points, histories = [], {}
+    for key in choice["prices"]:
+        price = float(key)
+        label = (variant if price == 0 else f"{variant} μ={price:g}") + tail
+        runs = {name: run for name, run in record["runs"].items() if name.startswith(f"mu{price:g}-")}
+        points.append(_over(label, runs))
+        histories[label] = {name: run["history"] for name, run in runs.items()}
+    points.append(_over(f"{variant} μ chosen ({choice['chosen']:g}){tail}", record["seeds"]))
+    return points, histories
+
+
+def _over(label: str, runs: dict[str, Any]) -> Point:
+    return over_seeds(
+        label,
+        [
+            Point(f"{label} {name}", **{k: run["test"][k] for k in ("accuracy", "thinking", "tokens")})
+            for name, run in runs.items()
+        ],
+    )
 
 
 def _train_alone(options: TabJobOptions) -> str:
@@ -212,6 +275,12 @@ def main() -> None:
     parser.add_argument(
         "--thinking-prices", nargs="+", type=float, default=[0.0], help="μ per thinking token used (0: TAB's reward)"
     )
+    parser.add_argument(
+        "--choose-price-from", nargs="+", type=float, default=None, help="a μ grid each TAB job chooses from"
+    )
+    parser.add_argument("--accuracy-tolerance", type=float, default=0.01, help="validation accuracy μ may cost")
+    parser.add_argument("--price-budgets", nargs="+", default=None, help="train the μ grid only under these B")
+    parser.add_argument("--validation-problems", type=int, default=None, help="held out of the training problems")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=GrpoSettings().steps)
     parser.add_argument("--problems-per-step", type=int, default=GrpoSettings().problems_per_step)
@@ -247,14 +316,14 @@ def main() -> None:
         seeds=tuple(args.seeds),
         grpo=grpo,
         test_problems=args.test_problems,
+        validation_problems=args.validation_problems,
     )
     if args.jobs > 1:
-        every = [
-            job_options(base, args.work, r, p, v, mu)
-            for r in rules
-            for p in args.lambdas
-            for _, v, mu in variants(args.thinking_prices, grpo.scale_rewards)
-        ]
+        every = []
+        for r in rules:
+            for p in args.lambdas:
+                plain, grid = jobs_for(base, args, r, p)
+                every += [options for _, options in grid + plain]  # the long μ-grid jobs first
         print(f"training {len(every)} jobs, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(_train_alone, every):
@@ -276,14 +345,17 @@ def main() -> None:
             judged = args.judge_budgets is None or rule in {BudgetRule.parse(b) for b in args.judge_budgets}
             policies = baseline_points(world, args.world, rule, judges if judged else {})
             histories: dict[str, Any] = {}
-            for label, variant, price in variants(args.thinking_prices, grpo.scale_rewards):
-                # Resumed: trained above (or here, one at a time, without --jobs).
-                record = run_job(job_options(base, args.work, rule, penalty, variant, price))
-                runs = [
-                    Point(f"{label} {name}", **{k: seed["test"][k] for k in ("accuracy", "thinking", "tokens")})
-                    for name, seed in record["seeds"].items()
-                ]
-                policies.append(over_seeds(label, runs))
+            choices: dict[str, Any] = {}
+            plain, grid = jobs_for(base, args, rule, penalty)
+            for variant, options in grid:  # resumed: trained above (or here, one at a time, without --jobs)
+                record = run_job(options)
+                found, traced = grid_points(variant, record, grpo.scale_rewards)
+                policies += found
+                histories |= traced
+                choices[variant] = record["price"]
+            for label, options in plain:
+                record = run_job(options)
+                policies.append(_over(label, record["seeds"]))
                 histories[label] = {name: seed["history"] for name, seed in record["seeds"].items()}
             policies.append(oracle_point(world, problems))
             results.append(
@@ -294,9 +366,18 @@ def main() -> None:
                     "static": [p.to_json() for p in statics],
                     "policies": [p.to_json() for p in policies],
                     "histories": histories,
+                    "price_choices": choices,
                 }
             )
             lines = table_lines(config, policies, statics)
+            for variant, choice in choices.items():
+                seen = ", ".join(f"μ={k}: {100 * v['validation_accuracy']:.1f} %" for k, v in choice["prices"].items())
+                lines.append(
+                    f"{variant}: μ = {choice['chosen']:g} chosen ({choice['why']}; best static level "
+                    f"{100 * choice['reference']:.1f} % on validation; {seen})"
+                )
+            if choices:
+                lines.append("")
             print("\n".join(lines), flush=True)
             text += lines
     args.report.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,13 @@ interrupted stage from its checkpoint):
 - ``artifact``: the seed with the best validation reward becomes ``policy/``, its manifest holding
   every seed's test metrics and their mean and spread.
 
+With ``price_grid`` (``--choose-price-from 0,3e-4,1e-3``) the thinking price μ is chosen, not given:
+every μ of the grid is trained for every seed (stages ``train:mu<μ>-seed<k>``), and the ``price`` stage
+keeps the largest μ whose greedy policy, averaged over the seeds, still solves as many validation
+problems as the best static level does there, less ``accuracy_tolerance``: the cheapest policy at
+*maintained* accuracy, decided on problems the test never sees. When no μ keeps that accuracy, the
+most accurate one is kept. The ``artifact`` stage then picks among that μ's seeds as above.
+
 The world folder is a ``thrifty world build`` output: its manifest names the solver(s) a budget policy
 serves, and ``tables/<solver>/{train,test}.jsonl`` and ``data/{train,test}.jsonl`` are what is read.
 """
@@ -45,6 +52,8 @@ class TabJobOptions:
     budget: BudgetRule = field(default_factory=lambda: BudgetRule(tokens=320))
     penalty: float = 0.01
     thinking_price: float = 0.0  # μ: reward lost per thinking token used (0: TAB's reward)
+    price_grid: tuple[float, ...] = ()  # choose μ among these on validation (overrides thinking_price)
+    accuracy_tolerance: float = 0.01  # with price_grid: validation accuracy a larger μ may give up
     seeds: tuple[int, ...] = (0, 1, 2)
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     eval_every: int = 25
@@ -61,6 +70,10 @@ class TabJobOptions:
         data["embedder"] = None if self.embedder is None else str(self.embedder.resolve())
         data["model_dir"] = None if self.model_dir is None else str(self.model_dir.resolve())
         data["seeds"] = list(self.seeds)
+        if not self.price_grid:  # recorded only when set: older job folders still resume
+            del data["price_grid"], data["accuracy_tolerance"]
+        else:
+            data["price_grid"] = list(self.price_grid)
         if self.grpo.scale_rewards:  # the default, recorded only when off: older job folders still resume
             del data["grpo"]["scale_rewards"]
         return data
@@ -131,7 +144,9 @@ def _learner(options: TabJobOptions, ladder: tuple[int, ...], seed: int) -> tupl
     return learner, embedder.identity
 
 
-def _spec(options: TabJobOptions, world: World, learner: Any, embedder: dict[str, Any] | None, seed: int) -> PolicySpec:
+def _spec(
+    options: TabJobOptions, world: World, learner: Any, embedder: dict[str, Any] | None, seed: int, price: float
+) -> PolicySpec:
     base = None
     if options.policy == "llm":
         assert options.model_dir is not None
@@ -144,7 +159,7 @@ def _spec(options: TabJobOptions, world: World, learner: Any, embedder: dict[str
         solvers=(world.solver,),
         budget=ProblemBudget(tokens=options.budget.tokens, per_turn=options.budget.per_turn),
         penalty=options.penalty,
-        thinking_price=options.thinking_price,
+        thinking_price=price,
         features=tuple(getattr(learner, "names", ())),
         hidden=int(getattr(learner, "hidden", 0)),
         embedder=embedder,
@@ -159,10 +174,12 @@ def _write_seed(
     learner: Any,
     embedder: dict[str, Any] | None,
     seed: int,
+    price: float,
+    name: str,
     metrics: dict[str, Any],
 ) -> Path:
-    target = options.out / "seeds" / f"seed{seed}"
-    spec = _spec(options, world, learner, embedder, seed)
+    target = options.out / "seeds" / name
+    spec = _spec(options, world, learner, embedder, seed, price)
     inputs = world.inputs | {"settings": options.settings()}
     if options.policy == "fast":
         return write_fast(
@@ -180,51 +197,119 @@ def _write_seed(
         return writer.commit(inputs=inputs, metrics=metrics)
 
 
+def run_name(seed: int, price: float, grid: bool) -> str:
+    """A run's stage and folder name: ``seed<k>``, or ``mu<μ>-seed<k>`` when μ is chosen from a grid."""
+    return f"mu{price:g}-seed{seed}" if grid else f"seed{seed}"
+
+
 def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
     """Run (or resume) the job; returns the artifact stage's record and, under ``seeds``, each seed's
-    (validation history, last training step, validation and test metrics)."""
+    (validation history, last training step, validation and test metrics). With a price grid, also
+    ``price`` (the choice and every μ's validation and test summary) and ``runs`` (every μ's seeds);
+    ``seeds`` then holds the chosen μ's."""
+    if options.price_grid and len(set(options.price_grid)) != len(options.price_grid):
+        raise JobError("--choose-price-from names a price twice")
     job = Job(options.out, kind=KIND, settings=options.settings(), progress=progress)
     if fresh:
         job.fresh()
     world = load_world(options)
-    records: dict[str, Any] = {}
-    for seed in options.seeds:
+    grid = bool(options.price_grid)
+    prices = options.price_grid or (options.thinking_price,)
+    runs: dict[str, Any] = {}
+    for price in prices:
+        for seed in options.seeds:
+            name = run_name(seed, price, grid)
 
-        def run_seed(context: StageContext, seed: int = seed) -> dict[str, Any]:
-            learner, embedder = _learner(options, world.ladder, seed)
-            settings = RunSettings(
-                options.budget,
-                options.penalty,
-                seed,
-                options.grpo,
-                options.eval_every,
-                checkpoint_every=options.eval_every,  # a checkpoint at every validation point
-                thinking_price=options.thinking_price,
-            )
-            with context.progress(options.grpo.steps, f"GRPO seed {seed}") as bar:
-                history = train(
-                    learner,
-                    world.train,
-                    world.train_problems,
-                    (world.train, world.validation_problems),
-                    settings,
-                    context.checkpoint,
-                    bar,
+            def run_seed(
+                context: StageContext, seed: int = seed, price: float = price, name: str = name
+            ) -> dict[str, Any]:
+                learner, embedder = _learner(options, world.ladder, seed)
+                settings = RunSettings(
+                    options.budget,
+                    options.penalty,
+                    seed,
+                    options.grpo,
+                    options.eval_every,
+                    checkpoint_every=options.eval_every,  # a checkpoint at every validation point
+                    thinking_price=price,
                 )
-            test = evaluate(
-                world.test, learner, world.test_problems, options.budget, options.penalty, options.thinking_price
-            )
-            metrics = {"validation": history["history"][-1], "test": test}
-            _write_seed(options, world, learner, embedder, seed, metrics)
-            return {"history": history["history"], "train": history["train"][-1:], **metrics}
+                label = f"GRPO μ={price:g} seed {seed}" if grid else f"GRPO seed {seed}"
+                with context.progress(options.grpo.steps, label) as bar:
+                    history = train(
+                        learner,
+                        world.train,
+                        world.train_problems,
+                        (world.train, world.validation_problems),
+                        settings,
+                        context.checkpoint,
+                        bar,
+                    )
+                test = evaluate(world.test, learner, world.test_problems, options.budget, options.penalty, price)
+                metrics = {"validation": history["history"][-1], "test": test}
+                _write_seed(options, world, learner, embedder, seed, price, name, metrics)
+                return {"history": history["history"], "train": history["train"][-1:], "folder": name, **metrics}
 
-        records[f"seed{seed}"] = job.stage(f"train:seed{seed}", run_seed)
-    return job.stage("artifact", lambda context: _choose(options, records)) | {"seeds": records}
+            runs[name] = job.stage(f"train:{name}", run_seed)
+    extra: dict[str, Any] = {}
+    records = runs
+    if grid:
+        choice = job.stage("price", lambda context: choose_price(options, world, runs))
+        chosen = float(choice["chosen"])
+        records = {f"seed{seed}": runs[run_name(seed, chosen, True)] for seed in options.seeds}
+        extra = {"price": choice, "runs": runs}
+    artifact = job.stage("artifact", lambda context: _choose(options, records, extra.get("price")))
+    return artifact | {"seeds": records} | extra
 
 
-def _choose(options: TabJobOptions, records: dict[str, Any]) -> dict[str, Any]:
+def static_validation(world: World) -> dict[str, float]:
+    """Problem accuracy of every static ladder level on the validation problems (B not applied, as
+    the benchmark's static points): what maintained accuracy is measured against."""
+    from thrifty.budgeter.world.environment import run_episode, static
+
+    found = {}
+    for level in world.ladder:
+        episodes = [run_episode(world.train, problem, static(level)) for problem in world.validation_problems]
+        found[str(level)] = sum(e.correct for e in episodes) / len(episodes)
+    return found
+
+
+def choose_price(options: TabJobOptions, world: World, runs: dict[str, Any]) -> dict[str, Any]:
+    """The largest μ of the grid whose mean validation accuracy over seeds is within the tolerance of the
+    best static level's on the same problems; the most accurate μ when none is."""
+    statics = static_validation(world)
+    reference = max(statics.values())
+    summary: dict[str, dict[str, Any]] = {}
+    for price in options.price_grid:
+        seeds = [runs[run_name(seed, price, True)] for seed in options.seeds]
+        summary[f"{price:g}"] = {
+            "price": price,
+            "validation_accuracy": statistics.fmean(s["validation"]["accuracy"] for s in seeds),
+            "validation_thinking": statistics.fmean(s["validation"]["thinking"] for s in seeds),
+            "test_accuracy": statistics.fmean(s["test"]["accuracy"] for s in seeds),
+            "test_thinking": statistics.fmean(s["test"]["thinking"] for s in seeds),
+        }
+    keeping = [s for s in summary.values() if s["validation_accuracy"] >= reference - options.accuracy_tolerance - 1e-9]
+    if keeping:
+        chosen, why = max(keeping, key=lambda s: s["price"]), "the largest μ keeping validation accuracy"
+    else:
+        chosen = max(summary.values(), key=lambda s: (s["validation_accuracy"], -s["price"]))
+        why = "no μ kept validation accuracy: the most accurate"
+    return {
+        "chosen": chosen["price"],
+        "why": why,
+        "reference": reference,
+        "tolerance": options.accuracy_tolerance,
+        "static_validation": statics,
+        "prices": summary,
+    }
+
+
+def _choose(options: TabJobOptions, records: dict[str, Any], price: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The seed with the best validation reward (``records`` by seed name) becomes ``policy/``; its
+    manifest also keeps how μ was chosen (``price``), when it was."""
     best = max(records, key=lambda name: records[name]["validation"]["reward"])
-    source = options.out / "seeds" / best
+    folder = records[best].get("folder") or best
+    source = options.out / "seeds" / folder
     try:
         read_artifact(source)
     except ArtifactError as exc:
@@ -242,5 +327,7 @@ def _choose(options: TabJobOptions, records: dict[str, Any]) -> dict[str, Any]:
     with ArtifactWriter(target, "thrifty.tab_policy", 1, replace=True) as writer:
         shutil.copytree(source, writer.staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
         metrics = {"chosen_seed": best, "seeds": test, "test_over_seeds": spread}
+        if price is not None:
+            metrics["thinking_price"] = price
         writer.commit(inputs=manifest.get("inputs", {}), metrics=metrics)
     return {"chosen": best, "policy": str(target), "test_over_seeds": spread}

@@ -157,11 +157,16 @@ class LlmScorer:
 
         import torch
 
-        outputs = []
         texts = self.prompts(contexts)
-        for start in range(0, len(texts), self.batch_size):
+        if not texts:
+            return torch.zeros((0, len(self.ladder)))
+        # Batches of prompts of about the same length pad least; the rows go back in order at the end.
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        outputs = []
+        for start in range(0, len(order), self.batch_size):
             batch = self.tokenizer(
-                texts[start : start + self.batch_size],
+                [texts[i] for i in order[start : start + self.batch_size]],
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
@@ -170,9 +175,12 @@ class LlmScorer:
             )
             switch = self.model.disable_adapter() if reference and self.trainable else contextlib.nullcontext()
             with switch:
-                logits: torch.Tensor = self.model(**batch).logits[:, -1, :]
+                # Only the last position's logits are read: the head runs on it alone, not on every token.
+                logits: torch.Tensor = self.model(**batch, logits_to_keep=1).logits[:, -1, :]
             outputs.append(logits[:, self.letters])
-        return torch.cat(outputs) if outputs else torch.zeros((0, len(self.ladder)))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(outputs)[inverse]
 
     def probabilities(self, contexts: Sequence[Context], masks: np.ndarray, temperature: float) -> np.ndarray:
         import torch

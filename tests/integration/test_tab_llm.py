@@ -74,6 +74,9 @@ def test_scores_are_a_distribution_over_the_levels_that_fit(model: Path) -> None
     # Batching pads on the left: one context scores the same alone as beside a longer one.
     alone = scorer.probabilities([EASY], masks[:1], 1.0)
     assert np.allclose(alone[0], p[0], atol=1e-4)
+    # Prompts are batched by length, and the rows come back in the order asked.
+    swapped = scorer.probabilities([HARD, EASY], masks[::-1].copy(), 1.0)
+    assert np.allclose(swapped[::-1], p, atol=1e-4)
 
 
 def test_grpo_moves_the_adapter_toward_the_better_trajectory_and_saves_it(model: Path, tmp_path: Path) -> None:
