@@ -14,11 +14,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from thrifty.server.sessions.store import StoreUnavailable
 
