@@ -38,7 +38,7 @@ from typing import Any
 from thrifty.budgeter.tab import baselines
 from thrifty.budgeter.tab.compare import Point, frontier, over_seeds, play, saving
 from thrifty.budgeter.tab.grpo import GrpoSettings, rollout
-from thrifty.budgeter.tab.job import TabJobOptions, load_world, run_job
+from thrifty.budgeter.tab.job import TabJobOptions, load_world, run_job, run_name
 from thrifty.budgeter.tab.train import BudgetRule, summarize
 from thrifty.budgeter.world.build import read_chains
 from thrifty.budgeter.world.chat_format import messages_for
@@ -142,15 +142,17 @@ def jobs_for(
     return plain, grid
 
 
-def grid_points(variant: str, record: dict[str, Any], scaled: bool) -> tuple[list[Point], dict[str, Any]]:
+def grid_points(
+    variant: str, record: dict[str, Any], seeds: tuple[int, ...], scaled: bool
+) -> tuple[list[Point], dict[str, Any]]:
     """Rows of a μ-choosing job: every μ of its grid over seeds, then the chosen μ; and the histories."""
     tail = "" if scaled else " unscaled"
     choice = record["price"]
     points, histories = [], {}
-    for key in choice["prices"]:
-        price = float(key)
+    for summary in choice["prices"].values():
+        price = summary["price"]
         label = (variant if price == 0 else f"{variant} μ={price:g}") + tail
-        runs = {name: run for name, run in record["runs"].items() if name.startswith(f"mu{price:g}-")}
+        runs = {name: record["runs"][name] for name in (run_name(seed, price, True) for seed in seeds)}
         points.append(_over(label, runs))
         histories[label] = {name: run["history"] for name, run in runs.items()}
     points.append(_over(f"{variant} μ chosen ({choice['chosen']:g}){tail}", record["seeds"]))
@@ -349,7 +351,7 @@ def main() -> None:
             plain, grid = jobs_for(base, args, rule, penalty)
             for variant, options in grid:  # resumed: trained above (or here, one at a time, without --jobs)
                 record = run_job(options)
-                found, traced = grid_points(variant, record, grpo.scale_rewards)
+                found, traced = grid_points(variant, record, options.seeds, grpo.scale_rewards)
                 policies += found
                 histories |= traced
                 choices[variant] = record["price"]

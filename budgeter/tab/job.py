@@ -264,13 +264,13 @@ def run_job(options: TabJobOptions, progress: bool = True, fresh: bool = False) 
 def static_validation(world: World) -> dict[str, float]:
     """Problem accuracy of every static ladder level on the validation problems (B not applied, as
     the benchmark's static points): what maintained accuracy is measured against."""
-    from thrifty.budgeter.world.environment import run_episode, static
+    from thrifty.budgeter.tab.compare import play
+    from thrifty.budgeter.world.environment import static
 
-    found = {}
-    for level in world.ladder:
-        episodes = [run_episode(world.train, problem, static(level)) for problem in world.validation_problems]
-        found[str(level)] = sum(e.correct for e in episodes) / len(episodes)
-    return found
+    return {
+        str(level): play(world.train, world.validation_problems, static(level), f"static-{level}").accuracy
+        for level in world.ladder
+    }
 
 
 def choose_price(options: TabJobOptions, world: World, runs: dict[str, Any]) -> dict[str, Any]:
