@@ -101,17 +101,25 @@ def _is_experts_module(module: nn.Module) -> bool:
 
 def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | None = None) -> CachedModel:
     """Replace every experts module of ``model`` by a cached one with ``config.slots`` slots on ``device``
-    (default: where the experts are now). Raises ValueError if the model has no experts it can convert."""
-    targets = [(name, module) for name, module in model.named_modules() if _is_experts_module(module)]
-    if not targets:
+    (default: where the experts are now). Raises ValueError, with the model unchanged, if it has no experts
+    it can convert.
+
+    Layer by layer: each layer's original weights are released as soon as its cache holds them, so the
+    host never holds more than the experts plus one layer's copy (none at all where the cache can use the
+    weights where they lie).
+    """
+    names = [name for name, module in model.named_modules() if _is_experts_module(module)]
+    if not names:
         raise ValueError(
             f"{type(model).__name__} has no experts module with 3-D gate_up_proj/down_proj weights "
             "(transformers ≥ 5 MoE layout: Qwen3-MoE, OLMoE, Mixtral)"
         )
-    layers: list[CachedExperts] = []
-    for index, (name, module) in enumerate(targets):
-        if any("bias" in param_name for param_name, _ in module.named_parameters()):
+    for name in names:
+        if any("bias" in param_name for param_name, _ in model.get_submodule(name).named_parameters()):
             raise ValueError(f"{name}: experts with biases are not supported by the expert cache")
+    layers: list[CachedExperts] = []
+    for index, name in enumerate(names):
+        module = model.get_submodule(name)
         gate_up, down = module.gate_up_proj, module.down_proj
         assert isinstance(gate_up, nn.Parameter) and isinstance(down, nn.Parameter)
         target = torch.device(device) if device is not None else gate_up.device
@@ -120,5 +128,9 @@ def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | 
         cached = CachedExperts(cache, act_fn, index)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, cached)
+        # Whoever still holds the old module keeps an empty shell, not a second copy of the experts.
+        for param in (gate_up, down):
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+        del module, gate_up, down
         layers.append(cached)
     return CachedModel(layers)

@@ -67,6 +67,12 @@ def _cuda_graphs_on() -> bool:
 class CachedExpertsMethod(UnquantizedFusedMoEMethod):
     """vLLM's unquantized method, minus its kernels: weights go to the cache, ``apply`` computes through it."""
 
+    # vLLM's loader would otherwise move every layer's full w13/w2 to the device around
+    # process_weights_after_loading (and back): the whole expert set would have to fit on the GPU after all,
+    # at twice its size in host ↔ device traffic. The cache takes the weights from host memory where they
+    # were loaded.
+    requires_device_loading = False
+
     @property
     def is_monolithic(self) -> bool:
         return False  # routing must happen in vLLM's router, before the layer, so ids are never changed

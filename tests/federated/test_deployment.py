@@ -103,14 +103,14 @@ def test_flwr_run_on_the_deployment_engine_writes_the_artifact(
 ) -> None:
     home, env, logs = federation
     out = tmp_path / "router"
-    overrides = f'family="mlp" rounds=2 width=64 out="{out}" embedder-dir="{tmp_path / "emb"}" timeout=120.0'
+    overrides = f'family="mlp" rounds=2 width=64 out="{out}" embedder-dir="{tmp_path / "emb"}" timeout=600.0'
     run = subprocess.run(
         [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config", overrides],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
         check=False,
     )
     # `flwr run --stream` exits 0 even when the ServerApp failed: the artifact is the proof.

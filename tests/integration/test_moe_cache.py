@@ -96,3 +96,23 @@ def test_cached_experts_answer_exactly_as_plain_vllm(servers: tuple[str, str], w
     assert hits > 0 and misses > 0
     assert after["thrifty_moe_cache_transfer_bytes_total"] > before.get("thrifty_moe_cache_transfer_bytes_total", 0.0)
     assert not _counters(plain)  # the plugin is installed there too, and does nothing unless asked
+
+
+def test_vllms_loader_leaves_the_experts_in_host_memory() -> None:
+    """vLLM 0.32 moves a layer's weights to the device around ``process_weights_after_loading`` unless its
+    quant method says ``requires_device_loading = False``; ask the installed vLLM what it would do."""
+    import subprocess
+
+    from thrifty.server.kit.vllm import vllm_python
+
+    script = (
+        "import inspect\n"
+        "from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase\n"
+        "from vllm.model_executor.model_loader import utils\n"
+        "from thrifty.moe_runtime.vllm_layer import CachedExpertsMethod\n"
+        "assert 'requires_device_loading' in inspect.getsource(utils.process_weights_after_loading)\n"
+        "assert issubclass(CachedExpertsMethod, QuantizeMethodBase)\n"
+        "assert CachedExpertsMethod.requires_device_loading is False\n"
+    )
+    done = subprocess.run([vllm_python(), "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

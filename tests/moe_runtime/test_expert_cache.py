@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 from transformers import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
@@ -34,7 +36,6 @@ def _check_invariants(cache: ExpertCache) -> None:
             assert cache.slot_of[expert] == slot
             for key, tensor in cache.slots.items():
                 assert torch.equal(tensor[slot], cache.host[key][expert])
-    assert cache.expert_to_slot.tolist() == cache.slot_of
 
 
 passes_strategy = st.lists(st.sets(st.integers(0, E - 1), min_size=1, max_size=E), min_size=1, max_size=30)
@@ -111,6 +112,87 @@ def test_prefetched_experts_are_hits_and_pins_survive() -> None:
     assert cache.stats.hits == 2
     with pytest.raises(ValueError, match="needs the 'pinned' policy"):
         _cache(3, "lru").pin([1])
+
+
+def test_a_prefetch_before_the_pass_computes_leaves_its_slots_alone() -> None:
+    cache = _cache(2, "lru")
+    placement = cache.prepare([0, 1])
+    assert cache.prefetch([2, 3]) == 0  # both slots belong to the pass in progress
+    for expert, slot in placement.items():
+        assert cache.expert_in[slot] == expert
+        assert torch.equal(cache.weights(expert, slot)["down"], cache.host["down"][expert])
+    cache.release()
+    assert cache.prefetch([2]) == 1  # once it is computed, the slots are the policy's again
+    assert 2 in cache.resident()
+
+
+def test_a_pass_through_the_layer_releases_its_experts() -> None:
+    cache = _cache(2, "lru")
+    ids = torch.tensor([[0, 1], [1, 0]])
+    cached_experts_forward(cache, torch.randn(2, H), ids, torch.full((2, 2), 0.5))
+    assert cache.prefetch([4]) == 1
+
+
+# Calls that make a GPU wait for the device before the host can go on (reading values back, or ops whose
+# output size depends on values). On CPU nothing waits, but the calls are the same, so counting them here
+# counts the synchronisations a pass would make on a GPU.
+_SYNCING = {
+    "tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique", "masked_select",
+    "bincount", "cpu", "numpy", "repeat_interleave", "argwhere", "unique_consecutive",
+}  # fmt: skip
+
+
+class _SyncCounter(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        one_argument_where = name == "where" and len(args) + len(kwargs or {}) == 1
+        boolean_index = name == "__getitem__" and any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in _flatten(args[1:])
+        )
+        if name in _SYNCING or one_argument_where or boolean_index:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _flatten(items: Any) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        out += _flatten(item) if isinstance(item, tuple | list) else [item]
+    return out
+
+
+@pytest.mark.parametrize("policy", ["none", "lru", "pinned"])
+def test_a_pass_reads_the_routing_back_once_however_many_experts_it_uses(policy: str) -> None:
+    cache = ExpertCache(_weights(), CacheConfig(slots=3, policy=policy))
+    rng = random.Random(0)
+    for tokens in (1, 7, 1, 12, 3):
+        ids = torch.tensor([rng.sample(range(E), 2) for _ in range(tokens)])
+        ids[0, 0] = E  # padding, as transformers marks a dropped token
+        with _SyncCounter() as counter:
+            cached_experts_forward(cache, torch.randn(tokens, H), ids, torch.rand(tokens, 2))
+        assert counter.calls == ["tolist"], (tokens, counter.calls)
+
+
+def test_padding_ids_contribute_nothing() -> None:
+    reference = _reference(seed=2)
+    cache = ExpertCache(_weights(2), CacheConfig(slots=2))
+    x, gates = torch.randn(3, H), torch.rand(3, 2)
+    ids = torch.tensor([[0, E], [E, E], [3, 1]])
+    expected = torch.zeros(3, H)
+    with torch.no_grad():
+        for token, row in enumerate(ids.tolist()):
+            for pos, expert in enumerate(row):
+                if expert < E:
+                    one = reference(
+                        x[token : token + 1], torch.tensor([[expert]]), gates[token : token + 1, pos : pos + 1]
+                    )
+                    expected[token] += one[0]
+    assert torch.allclose(cached_experts_forward(cache, x, ids, gates), expected, atol=1e-5)
+    assert cache.stats.hits + cache.stats.misses == 3  # experts 0, 1 and 3
 
 
 def test_bad_expert_ids_are_refused() -> None:

@@ -101,3 +101,33 @@ def test_a_dense_model_is_refused() -> None:
     cached = convert(_model("olmoe"), CacheConfig(slots=2, policy="pinned"))
     with pytest.raises(ValueError, match="one expert set per MoE layer"):
         cached.pin([[0]])
+
+
+def test_conversion_releases_each_layers_originals_before_the_next_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import thrifty.moe_runtime.hf as hf
+
+    model = _model("mixtral")
+    originals = [m for m in model.modules() if hf._is_experts_module(m)]
+    full = originals[0].gate_up_proj.numel()
+    still_held: list[int] = []
+    real_cache = hf.ExpertCache
+
+    def counting_cache(*args: object, **kwargs: object) -> object:
+        still_held.append(sum(m.gate_up_proj.numel() == full for m in originals))
+        return real_cache(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hf, "ExpertCache", counting_cache)
+    cached = convert(model, CacheConfig(slots=2))
+    # When layer i is cached, layers 0 … i−1 have already let go of their weights.
+    assert still_held == [len(originals) - i for i in range(len(originals))]
+    assert all(m.gate_up_proj.numel() == 0 and m.down_proj.numel() == 0 for m in originals)
+    assert all(cache.host["gate_up"].shape[0] == EXPERTS for cache in cached.caches)
+
+
+def test_a_model_with_expert_biases_is_refused_unchanged() -> None:
+    model = _model("qwen3_moe")
+    experts = [m for m in model.modules() if type(m).__name__.endswith("Experts")]
+    experts[-1].register_parameter("gate_up_bias", torch.nn.Parameter(torch.zeros(EXPERTS, 48)))
+    with pytest.raises(ValueError, match="biases are not supported"):
+        convert(model, CacheConfig(slots=2))
+    assert all(m.gate_up_proj.numel() > 0 for m in experts)  # nothing was converted or released
