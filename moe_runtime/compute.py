@@ -47,6 +47,8 @@ def cached_experts_forward(
     counts.scatter_add_(0, ids, torch.ones_like(ids))
     per_expert = counts.tolist()  # the pass's one device → host read
     experts = [e for e in range(num_experts) if per_expert[e]]
+    if tokens > 1 and cache.predictor is not None:  # a prompt: the predicted policy pins its decode's experts
+        cache.start_sequence(per_expert[:num_experts])
     placement = cache.prepare(experts)
     start = 0
     for expert in range(num_experts):

@@ -12,7 +12,8 @@ ENV_ENABLE = "THRIFTY_MOE_CACHE"  # "1" turns the plugin on; anything else leave
 ENV_SLOTS = "THRIFTY_MOE_SLOTS"  # C, slots per layer
 ENV_POLICY = "THRIFTY_MOE_POLICY"
 ENV_GAMMA = "THRIFTY_MOE_GAMMA"
-ENV_BASE = "THRIFTY_MOE_PINNED_BASE"  # the policy for unpinned experts under `pinned`
+ENV_BASE = "THRIFTY_MOE_PINNED_BASE"  # the policy for unpinned experts under `pinned` and `predicted`
+ENV_PREDICTOR = "THRIFTY_MOE_PREDICTOR"  # the MELINOE artifact (or predictor file) the `predicted` policy reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +21,16 @@ class CacheConfig:
     """C expert slots per layer and the policy that decides what stays in them.
 
     ``slots`` larger than a layer's expert count is clamped to it (everything stays resident).
-    ``gamma`` is the decay policy's γ; ``base`` the policy the ``pinned`` policy applies to other experts.
+    ``gamma`` is the decay policy's γ; ``base`` the policy ``pinned`` and ``predicted`` apply to other
+    experts; ``predictor`` the MELINOE artifact folder (or its ``predictor.safetensors``) whose per-layer
+    prediction ``predicted`` pins at each prefill.
     """
 
     slots: int
     policy: str = "lru"
     gamma: float = 0.9
     base: str = "lru"
+    predictor: str | None = None
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -35,23 +39,28 @@ class CacheConfig:
             raise ValueError(f"unknown expert-cache policy '{self.policy}'; choose one of: {', '.join(POLICY_NAMES)}")
         if not 0.0 < self.gamma < 1.0:
             raise ValueError(f"expert cache: gamma must be in (0, 1), got {self.gamma}")
-        if self.base in ("none", "pinned") or self.base not in POLICY_NAMES:
+        if self.base in ("none", "pinned", "predicted") or self.base not in POLICY_NAMES:
             raise ValueError(
                 f"expert cache: the pinned policy's base must be lru, lfu, lfru or decay, got '{self.base}'"
             )
+        if (self.policy == "predicted") != (self.predictor is not None):
+            raise ValueError("expert cache: the predicted policy needs a predictor, and only it takes one")
 
     @property
     def keeps_nothing(self) -> bool:
         return self.policy == "none"
 
     def to_env(self) -> dict[str, str]:
-        return {
+        env = {
             ENV_ENABLE: "1",
             ENV_SLOTS: str(self.slots),
             ENV_POLICY: self.policy,
             ENV_GAMMA: repr(self.gamma),
             ENV_BASE: self.base,
         }
+        if self.predictor is not None:
+            env[ENV_PREDICTOR] = self.predictor
+        return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CacheConfig | None:
@@ -71,4 +80,5 @@ class CacheConfig:
             policy=environ.get(ENV_POLICY, "lru"),
             gamma=gamma,
             base=environ.get(ENV_BASE, "lru"),
+            predictor=environ.get(ENV_PREDICTOR) or None,
         )

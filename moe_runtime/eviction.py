@@ -6,6 +6,7 @@ needed by the pass in progress), the one to evict. Every policy breaks ties by l
 expert id, so a run repeats exactly.
 
 ``none`` is not a policy object: the cache keeps nothing between passes (``CacheConfig.keeps_nothing``).
+``predicted`` is ``Pinned`` whose pins the cache sets itself from its predictor at every prefill.
 """
 
 from __future__ import annotations
@@ -144,17 +145,17 @@ class Pinned(EvictionPolicy):
 POLICIES: dict[str, type[EvictionPolicy]] = {
     cls.name: cls for cls in (LeastRecentlyUsed, LeastFrequentlyUsed, FrequencyOverAge, DecayedState)
 }
-POLICY_NAMES = ("none", *POLICIES, "pinned")
+POLICY_NAMES = ("none", *POLICIES, "pinned", "predicted")
 
 
 def build_policy(name: str, num_experts: int, *, gamma: float = 0.9, base: str = "lru") -> EvictionPolicy | None:
     """The policy called ``name`` (None for ``none``); a ValueError names the choices."""
     if name == "none":
         return None
-    if name == "pinned":
+    if name in ("pinned", "predicted"):  # predicted: pins that the cache's predictor sets at each prefill
         inner = build_policy(base, num_experts, gamma=gamma)
         if inner is None:
-            raise ValueError("pinned policy: the base policy must keep experts (lru, lfu, lfru or decay)")
+            raise ValueError(f"{name} policy: the base policy must keep experts (lru, lfu, lfru or decay)")
         return Pinned(num_experts, inner)
     if name not in POLICIES:
         raise ValueError(f"unknown expert-cache policy '{name}'; choose one of: {', '.join(POLICY_NAMES)}")

@@ -34,12 +34,15 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.eviction import EvictionPolicy, Pinned, build_policy
+
+if TYPE_CHECKING:
+    from thrifty.moe_runtime.melinoe.predictor import LayerPredictor
 
 WEIGHT_NAMES = ("gate_up", "down")  # [E, 2I, H] and [E, H, I]: the layout transformers and vLLM share
 
@@ -169,6 +172,7 @@ class ExpertCache:
         config: CacheConfig,
         device: torch.device | str = "cpu",
         name: str = "",
+        predictor: LayerPredictor | None = None,
     ) -> None:
         if set(weights) != set(WEIGHT_NAMES):
             raise ValueError(f"expert weights must be exactly {WEIGHT_NAMES}, got {sorted(weights)}")
@@ -182,6 +186,13 @@ class ExpertCache:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.num_experts = sizes.pop()
         self.capacity = min(config.slots, self.num_experts)
+        if (config.policy == "predicted") != (predictor is not None):
+            raise ValueError(f"{name}: the predicted policy needs the layer's predictor, and only it takes one")
+        if predictor is not None and predictor.experts != self.num_experts:
+            raise ValueError(
+                f"{name}: the predictor knows {predictor.experts} experts, the layer has {self.num_experts}"
+            )
+        self.predictor = predictor
         cuda = self.device.type == "cuda"
         self.host = {key: host_copy(tensor, pin=cuda) for key, tensor in weights.items()}
         self.slots = {
@@ -307,11 +318,20 @@ class ExpertCache:
     def pin(self, experts: Sequence[int]) -> list[int]:
         """Keep ``experts`` resident (the first C, in the order given) and start fetching them; returns the pins."""
         if not isinstance(self.policy, Pinned):
-            raise ValueError(f"{self.name}: pinning needs the 'pinned' policy, this cache uses '{self.config.policy}'")
+            raise ValueError(
+                f"{self.name}: pinning needs the 'pinned' or 'predicted' policy, this cache uses '{self.config.policy}'"
+            )
         pins = list(dict.fromkeys(experts))[: self.capacity]
         self.policy.pin(pins)
         self.prefetch(pins)
         return pins
+
+    def start_sequence(self, prompt_counts: Sequence[int]) -> list[int]:
+        """A prompt arrives (the ``predicted`` policy): pin and start fetching the C experts the predictor
+        expects its decoding to use, from how many of the prompt's pairs each expert got."""
+        if self.predictor is None:
+            raise ValueError(f"{self.name}: start_sequence needs the 'predicted' policy")
+        return self.pin(self.predictor.choose(prompt_counts, self.capacity))
 
     def _free_slot(self, protected: set[int] | frozenset[int]) -> int:
         for slot, expert in enumerate(self.expert_in):

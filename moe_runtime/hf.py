@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -117,13 +118,29 @@ def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | 
     for name in names:
         if any("bias" in param_name for param_name, _ in model.get_submodule(name).named_parameters()):
             raise ValueError(f"{name}: experts with biases are not supported by the expert cache")
+    predictor = None
+    if config.policy == "predicted":
+        from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
+
+        assert config.predictor is not None  # CacheConfig holds predicted to a predictor
+        predictor = ExpertPredictor.load(Path(config.predictor))
+        if predictor.layers != len(names):
+            raise ValueError(
+                f"the predictor at {config.predictor} covers {predictor.layers} MoE layers, the model has {len(names)}"
+            )
     layers: list[CachedExperts] = []
     for index, name in enumerate(names):
         module = model.get_submodule(name)
         gate_up, down = module.gate_up_proj, module.down_proj
         assert isinstance(gate_up, nn.Parameter) and isinstance(down, nn.Parameter)
         target = torch.device(device) if device is not None else gate_up.device
-        cache = ExpertCache({"gate_up": gate_up.data, "down": down.data}, config, target, name=name)
+        cache = ExpertCache(
+            {"gate_up": gate_up.data, "down": down.data},
+            config,
+            target,
+            name=name,
+            predictor=predictor.layer(index) if predictor is not None else None,
+        )
         act_fn: Activation = getattr(module, "act_fn")  # noqa: B009 - checked callable above
         cached = CachedExperts(cache, act_fn, index)
         parent_name, _, attr = name.rpartition(".")

@@ -80,12 +80,19 @@ def test_bad_policies_are_named(name: str, options: dict[str, object], message: 
 def test_none_keeps_nothing_and_every_name_builds() -> None:
     assert build_policy("none", 8) is None
     for name in POLICY_NAMES:
-        assert CacheConfig(slots=2, policy=name).keeps_nothing == (name == "none")
+        predictor = "artifact" if name == "predicted" else None
+        assert CacheConfig(slots=2, policy=name, predictor=predictor).keeps_nothing == (name == "none")
+    with pytest.raises(ValueError, match="predicted policy needs a predictor"):
+        CacheConfig(slots=2, policy="predicted")
+    with pytest.raises(ValueError, match="only it takes one"):
+        CacheConfig(slots=2, policy="lru", predictor="artifact")
 
 
 def test_config_travels_through_the_environment() -> None:
     config = CacheConfig(slots=3, policy="pinned", gamma=0.75, base="decay")
     assert CacheConfig.from_env(config.to_env()) == config
+    predicted = CacheConfig(slots=2, policy="predicted", predictor="/models/tuned", base="lfru")
+    assert CacheConfig.from_env(predicted.to_env()) == predicted
     assert CacheConfig.from_env({}) is None
     assert CacheConfig.from_env({ENV_ENABLE: "0", ENV_SLOTS: "2"}) is None
     with pytest.raises(ValueError, match="needs THRIFTY_MOE_SLOTS"):

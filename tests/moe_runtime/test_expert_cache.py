@@ -14,6 +14,7 @@ from transformers import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
 from thrifty.moe_runtime import POLICY_NAMES, CacheConfig, ExpertCache, cached_experts_forward
+from thrifty.moe_runtime.melinoe.predictor import LayerPredictor
 
 E, H, INTER = 6, 16, 12
 
@@ -23,7 +24,15 @@ def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"gate_up": torch.randn(E, 2 * INTER, H, generator=g), "down": torch.randn(E, H, INTER, generator=g)}
 
 
+def _predictor(seed: int = 0) -> LayerPredictor:
+    g = torch.Generator().manual_seed(seed)
+    return LayerPredictor(torch.randn(E, E, generator=g), torch.randn(E, generator=g))
+
+
 def _cache(slots: int, policy: str = "lru", **options: object) -> ExpertCache:
+    if policy == "predicted":
+        config = CacheConfig(slots=slots, policy=policy, predictor="in memory", **options)  # type: ignore[arg-type]
+        return ExpertCache(_weights(), config, predictor=_predictor())
     return ExpertCache(_weights(), CacheConfig(slots=slots, policy=policy, **options))  # type: ignore[arg-type]
 
 
@@ -110,7 +119,7 @@ def test_prefetched_experts_are_hits_and_pins_survive() -> None:
     assert {5, 4} <= set(cache.resident())
     cache.prepare([4, 5])
     assert cache.stats.hits == 2
-    with pytest.raises(ValueError, match="needs the 'pinned' policy"):
+    with pytest.raises(ValueError, match="needs the 'pinned' or 'predicted' policy"):
         _cache(3, "lru").pin([1])
 
 
@@ -165,9 +174,9 @@ def _flatten(items: Any) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("policy", ["none", "lru", "pinned"])
+@pytest.mark.parametrize("policy", ["none", "lru", "pinned", "predicted"])
 def test_a_pass_reads_the_routing_back_once_however_many_experts_it_uses(policy: str) -> None:
-    cache = ExpertCache(_weights(), CacheConfig(slots=3, policy=policy))
+    cache = _cache(3, policy)
     rng = random.Random(0)
     for tokens in (1, 7, 1, 12, 3):
         ids = torch.tensor([rng.sample(range(E), 2) for _ in range(tokens)])
@@ -217,7 +226,11 @@ def test_cached_experts_compute_what_transformers_computes(policy: str) -> None:
     reference = _reference(seed=3)
     rng = random.Random(7)
     for slots in range(1, E + 1):
-        cache = ExpertCache(_weights(3), CacheConfig(slots=slots, policy=policy))
+        if policy == "predicted":
+            config = CacheConfig(slots=slots, policy=policy, predictor="in memory")
+            cache = ExpertCache(_weights(3), config, predictor=_predictor(slots))
+        else:
+            cache = ExpertCache(_weights(3), CacheConfig(slots=slots, policy=policy))
         if policy == "pinned":
             cache.pin(rng.sample(range(E), slots))
         for tokens in (1, 1, 5, 1, 9, 1):
@@ -227,3 +240,33 @@ def test_cached_experts_compute_what_transformers_computes(policy: str) -> None:
             with torch.no_grad():
                 expected = reference(x, ids, weights)
             assert torch.equal(cached_experts_forward(cache, x, ids, weights), expected), (slots, tokens)
+
+
+def test_the_predicted_policy_pins_the_predictors_choice_at_each_prompt() -> None:
+    # A predictor that ignores the prompt and always favours experts 5 and 2 (its bias), then one that
+    # follows the prompt (W = identity): the experts the prompt used most.
+    fixed = LayerPredictor(torch.zeros(E, E), torch.tensor([0.0, 0, 0.5, 0, 0, 0.9]))
+    cache = ExpertCache(_weights(), CacheConfig(slots=2, policy="predicted", predictor="x"), predictor=fixed)
+    ids = torch.tensor([[0, 1], [0, 3], [1, 0]])
+    cached_experts_forward(cache, torch.randn(3, H), ids, torch.rand(3, 2))  # the prompt
+    assert sorted(cache.resident()) == [2, 5] and cache.stats.prefetched == 2
+    for token in ([0, 1], [3, 4], [5, 2]):  # decoding: the pins stay, whatever else is needed
+        cached_experts_forward(cache, torch.randn(1, H), torch.tensor([token]), torch.rand(1, 2))
+        assert sorted(cache.resident()) == [2, 5]
+    assert cache.stats.hits == 2  # the last token found both of its experts pinned
+
+    follow = LayerPredictor(torch.eye(E), torch.zeros(E))
+    cache = ExpertCache(_weights(), CacheConfig(slots=2, policy="predicted", predictor="x"), predictor=follow)
+    cached_experts_forward(cache, torch.randn(3, H), ids, torch.rand(3, 2))
+    assert sorted(cache.resident()) == [0, 1]  # 0 got three pairs, 1 two, 3 one
+    prompt = torch.tensor([[4, 3], [4, 2], [3, 4]])  # a new sequence re-pins
+    cached_experts_forward(cache, torch.randn(3, H), prompt, torch.rand(3, 2))
+    assert sorted(cache.resident()) == [3, 4]
+
+
+def test_the_predicted_policy_needs_its_predictor() -> None:
+    with pytest.raises(ValueError, match="needs the layer's predictor"):
+        ExpertCache(_weights(), CacheConfig(slots=2, policy="predicted", predictor="x"))
+    with pytest.raises(ValueError, match="knows 4 experts"):
+        small = LayerPredictor(torch.zeros(4, 4), torch.zeros(4))
+        ExpertCache(_weights(), CacheConfig(slots=2, policy="predicted", predictor="x"), predictor=small)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -19,6 +21,7 @@ from transformers import (
 
 from thrifty.moe_runtime import POLICY_NAMES, CacheConfig
 from thrifty.moe_runtime.hf import convert
+from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
 
 EXPERTS = 6
 COMMON = {
@@ -60,13 +63,22 @@ def _greedy(model: PreTrainedModel, prompts: torch.Tensor = PROMPTS) -> torch.Te
     return out
 
 
+def _predictor(folder: Path, layers: int = 2) -> str:
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(layers, EXPERTS, EXPERTS, generator=g), torch.randn(layers, EXPERTS, generator=g)
+    ExpertPredictor(weight, bias, top_k=2).save(folder)
+    return str(folder)
+
+
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_greedy_generations_match_for_every_policy_and_slot_count(architecture: str) -> None:
+def test_greedy_generations_match_for_every_policy_and_slot_count(architecture: str, tmp_path: Path) -> None:
     reference = _greedy(_model(architecture))
+    predictor = _predictor(tmp_path / "predictor")
     for policy in POLICY_NAMES:
         for slots in range(1, EXPERTS + 1):
             model = _model(architecture)
-            cached = convert(model, CacheConfig(slots=slots, policy=policy))
+            config = CacheConfig(slots=slots, policy=policy, predictor=predictor if policy == "predicted" else None)
+            cached = convert(model, config)
             if policy == "pinned":
                 cached.pin([[0, 1, 2][:slots]] * len(cached.layers))
             with cached.record() as passes:
@@ -76,7 +88,7 @@ def test_greedy_generations_match_for_every_policy_and_slot_count(architecture: 
             needed = [len(set(p[:, layer].flatten().tolist())) for p in passes for layer in range(p.shape[1])]
             assert stats.hits + stats.misses == sum(needed)
             assert policy != "none" or stats.hits == 0
-            if policy != "pinned":  # only pins can make a pass stream more than its excess over C
+            if policy not in ("pinned", "predicted"):  # only pins can make a pass stream more than its excess over C
                 assert stats.streamed == sum(max(0, n - slots) for n in needed)
 
 
@@ -131,3 +143,9 @@ def test_a_model_with_expert_biases_is_refused_unchanged() -> None:
     with pytest.raises(ValueError, match="biases are not supported"):
         convert(model, CacheConfig(slots=2))
     assert all(m.gate_up_proj.numel() > 0 for m in experts)  # nothing was converted or released
+
+
+def test_a_predictor_for_another_model_is_refused(tmp_path: Path) -> None:
+    predictor = _predictor(tmp_path / "p", layers=3)
+    with pytest.raises(ValueError, match="covers 3 MoE layers, the model has 2"):
+        convert(_model("olmoe"), CacheConfig(slots=2, policy="predicted", predictor=predictor))
