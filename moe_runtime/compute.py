@@ -27,11 +27,15 @@ def cached_experts_forward(
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
     act_fn: Activation = F.silu,
+    prompt: bool | None = None,
 ) -> torch.Tensor:
     """Σ_k w_k · down_e(act(gate_e(x)) · up_e(x)) over each token's routed experts ``e``.
 
     ``hidden_states`` is [tokens, H]; ``top_k_index`` and ``top_k_weights`` are [tokens, k]. Ids outside
     [0, E) are padding (transformers uses E for dropped tokens) and contribute nothing.
+
+    ``prompt``: whether the pass holds a prompt (the ``predicted`` policy pins its choice then); by
+    default, a pass of more than one token does (one sequence at a time, as transformers generates).
     """
     final = torch.zeros_like(hidden_states)
     tokens = top_k_index.shape[0]
@@ -47,7 +51,7 @@ def cached_experts_forward(
     counts.scatter_add_(0, ids, torch.ones_like(ids))
     per_expert = counts.tolist()  # the pass's one device → host read
     experts = [e for e in range(num_experts) if per_expert[e]]
-    if tokens > 1 and cache.predictor is not None:  # a prompt: the predicted policy pins its decode's experts
+    if cache.predictor is not None and (tokens > 1 if prompt is None else prompt):
         cache.start_sequence(per_expert[:num_experts])
     placement = cache.prepare(experts)
     start = 0

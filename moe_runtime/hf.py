@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from torch import nn
 from thrifty.moe_runtime.compute import Activation, cached_experts_forward
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.expert_cache import CacheStats, ExpertCache
+
+if TYPE_CHECKING:
+    from thrifty.moe_runtime.melinoe.predictor import LayerPredictor
 
 
 class CachedExperts(nn.Module):
@@ -118,7 +122,7 @@ def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | 
     for name in names:
         if any("bias" in param_name for param_name, _ in model.get_submodule(name).named_parameters()):
             raise ValueError(f"{name}: experts with biases are not supported by the expert cache")
-    predictor = None
+    shares: list[LayerPredictor | None] = [None] * len(names)
     if config.policy == "predicted":
         from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
 
@@ -128,6 +132,7 @@ def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | 
             raise ValueError(
                 f"the predictor at {config.predictor} covers {predictor.layers} MoE layers, the model has {len(names)}"
             )
+        shares = [predictor.layer_named(name, index) for index, name in enumerate(names)]
     layers: list[CachedExperts] = []
     for index, name in enumerate(names):
         module = model.get_submodule(name)
@@ -139,7 +144,7 @@ def convert(model: nn.Module, config: CacheConfig, device: torch.device | str | 
             config,
             target,
             name=name,
-            predictor=predictor.layer(index) if predictor is not None else None,
+            predictor=shares[index],
         )
         act_fn: Activation = getattr(module, "act_fn")  # noqa: B009 - checked callable above
         cached = CachedExperts(cache, act_fn, index)

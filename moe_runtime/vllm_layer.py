@@ -10,12 +10,18 @@ Supported: unquantized weights, SiLU-gated experts, no expert parallelism, route
 output (Qwen3-MoE, Mixtral, OLMoE). Anything else raises at model construction with the reason. On a GPU
 the expert weights are created in host memory, so the full set never has to fit on the device; CUDA
 graphs cannot capture the cache's host-side decisions, so run such a server with ``--enforce-eager``.
+
+The ``predicted`` policy (a MELINOE predictor, ``THRIFTY_MOE_PREDICTOR``) re-pins each layer's slots at
+every pass that carries a prompt, from that pass's routing. With one request at a time that is the
+request's own prediction; when prompts join a batch of running requests, the pins follow the newest
+prompts (plus what the running requests route in that pass), and the base policy serves the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +31,7 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import Un
 from thrifty.moe_runtime.compute import cached_experts_forward
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.expert_cache import ExpertCache
+from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
 from thrifty.moe_runtime.metrics import CacheMetrics
 
 logger = logging.getLogger(__name__)
@@ -34,11 +41,12 @@ _PUBLISH_EVERY_CUDA = 64
 
 
 class _Process:
-    """What one vLLM worker process shares between its layers: the configuration, the counters, and the
-    layers by name (the custom op below receives a name, not a module)."""
+    """What one vLLM worker process shares between its layers: the configuration, the counters, the
+    predictor (``predicted``), and the layers by name (the custom op below receives a name, not a module)."""
 
     config: CacheConfig | None = None
     metrics: CacheMetrics | None = None
+    predictor: ExpertPredictor | None = None
     layers: dict[str, CachedRoutedExperts] = {}
 
     @classmethod
@@ -51,10 +59,36 @@ class _Process:
         return cls.config
 
     @classmethod
+    def expert_predictor(cls) -> ExpertPredictor:
+        if cls.predictor is None:
+            config = cls.settings()
+            if config.predictor is None:
+                raise RuntimeError("the predicted policy was configured without a predictor")
+            cls.predictor = ExpertPredictor.load(Path(config.predictor))
+        return cls.predictor
+
+    @classmethod
     def counters(cls) -> CacheMetrics:
         if cls.metrics is None:
             cls.metrics = CacheMetrics()
         return cls.metrics
+
+
+def _holds_prompt(tokens: int) -> bool:
+    """Whether this forward pass carries prompt tokens: some request in it has more than one query token
+    (a prefill or a chunk of one), as vLLM's attention metadata says; without metadata, more than one token."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if is_forward_context_available():
+        metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, list):  # micro-batches: one dict each
+            metadata = metadata[0] if metadata else None
+        if isinstance(metadata, dict):
+            metadata = next(iter(metadata.values()), None)
+        longest = getattr(metadata, "max_query_len", None)
+        if isinstance(longest, int):
+            return longest > 1
+    return tokens > 1
 
 
 def _cuda_graphs_on() -> bool:
@@ -138,7 +172,12 @@ class CachedRoutedExperts(RoutedExperts):
 
     def build_cache(self) -> None:
         weights = {"gate_up": self.w13_weight.data, "down": self.w2_weight.data}
-        self.expert_cache = ExpertCache(weights, self.cache_config, self.device, name=self.layer_name)
+        share = None
+        if self.cache_config.policy == "predicted":
+            share = _Process.expert_predictor().layer_named(
+                self.layer_name, list(_Process.layers).index(self.layer_name)
+            )
+        self.expert_cache = ExpertCache(weights, self.cache_config, self.device, name=self.layer_name, predictor=share)
         # The cache holds the host copy; the parameters stay as empty placeholders for vLLM's bookkeeping.
         self.w13_weight.data = torch.empty(0, dtype=self.w13_weight.dtype)
         self.w2_weight.data = torch.empty(0, dtype=self.w2_weight.dtype)
@@ -155,7 +194,8 @@ class CachedRoutedExperts(RoutedExperts):
         cache = self.expert_cache
         if cache is None:
             raise RuntimeError(f"{self.layer_name}: expert cache used before weights were loaded")
-        out = cached_experts_forward(cache, x, topk_ids, topk_weights)
+        prompt = _holds_prompt(x.shape[0]) if cache.predictor is not None else None
+        out = cached_experts_forward(cache, x, topk_ids, topk_weights, prompt=prompt)
         if cache.device.type != "cuda" or cache.passes % _PUBLISH_EVERY_CUDA == 0:
             _Process.counters().publish(self.layer_name, self.cache_config.policy, cache.capacity, cache.stats)
         return out

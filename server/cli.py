@@ -408,6 +408,95 @@ def train_budgeter_command(
     typer.echo(f"TAB policy: {record['policy']} (seed {record['chosen']})")
 
 
+@train_app.command("melinoe")
+def train_melinoe_command(
+    model: Annotated[Path, typer.Option("--model", help="the base MoE model (Hugging Face folder)")],
+    data: Annotated[Path, typer.Option("--data", help="a `thrifty world build` folder, or a JSONL of examples")],
+    slots: Annotated[int, typer.Option("--slots", min=1, help="C: expert slots per layer the cache will have")],
+    out: Annotated[Path, typer.Option("--out", help="job folder (resumes a job found there)")] = Path("data/melinoe"),
+    gamma: Annotated[float, typer.Option(help="γ of the soft cache (0.9: between LRU and LFU)")] = 0.9,
+    cache_weight: Annotated[
+        float, typer.Option("--cache-weight", min=0.0, help="λ_cs: the cache-simulation loss")
+    ] = 0.5,
+    rank_weight: Annotated[
+        float, typer.Option("--rank-weight", min=0.0, help="λ_rm: rank matching to the base router")
+    ] = 0.1,
+    margin: Annotated[float, typer.Option(min=0.0, help="ρ: the rank-matching margin")] = 0.1,
+    load_balance: Annotated[
+        bool, typer.Option("--load-balance/--no-load-balance", help="keep the model's load-balancing loss")
+    ] = False,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1, help="LoRA rank on the experts")] = 32,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha")] = 16,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (LoRA and routers)")] = 1e-5,
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 500,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="examples per step")] = 8,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0)] = 20,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    fit_prompts: Annotated[
+        int, typer.Option("--fit-prompts", min=1, help="training prompts whose decoding fits the predictor")
+    ] = 200,
+    validation_prompts: Annotated[
+        int, typer.Option("--validation-prompts", min=1, help="held-out prompts the predictor is judged on")
+    ] = 50,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=2, help="tokens each recorded decoding may generate")
+    ] = 256,
+    checkpoint_every: Annotated[
+        float, typer.Option("--checkpoint-every", min=1.0, help="seconds between the fine-tune's checkpoints")
+    ] = 120.0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete what --out holds and start over")] = False,
+) -> None:
+    """MELINOE: fine-tune an MoE model to reuse few experts per sequence, fit the predictor of those experts,
+    and write both to OUT/artifact (model/ for vLLM with the expert cache, predictor.safetensors)."""
+    from thrifty.moe_runtime.melinoe.job import MelinoeJobOptions, run_job
+    from thrifty.moe_runtime.melinoe.tuning import TuningSettings
+    from thrifty.server.kit.jobs import JobError
+
+    try:
+        tuning = TuningSettings(
+            slots=slots,
+            gamma=gamma,
+            cache_weight=cache_weight,
+            rank_weight=rank_weight,
+            margin=margin,
+            load_balance=load_balance,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            learning_rate=learning_rate,
+            steps=steps,
+            batch_size=batch_size,
+            warmup_steps=warmup_steps,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    options = MelinoeJobOptions(
+        model=model,
+        data=data,
+        out=out,
+        tuning=tuning,
+        fit_prompts=fit_prompts,
+        validation_prompts=validation_prompts,
+        max_new_tokens=max_new_tokens,
+        checkpoint_every_s=checkpoint_every,
+    )
+    try:
+        records = run_job(options, fresh=fresh)
+    except (JobError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    found = records["predictor"]
+    nll = (records["baseline"]["validation_nll"], records["tune"]["validation_nll"])
+    typer.echo(f"validation NLL per token: base {nll[0]:.4f}, tuned {nll[1]:.4f}")
+    for who in ("base", "tuned"):
+        m = found[who]
+        hits = ", ".join(f"{policy} {rate:.3f}" for policy, rate in m["hit_rate"].items())
+        typer.echo(
+            f"{who}: {m['distinct_experts']:.1f} distinct experts per sequence and layer; hit rate at C={slots}: "
+            f"{hits}; predictor precision {m['predictor']['precision']:.3f}, recall {m['predictor']['recall']:.3f}"
+        )
+    typer.echo(f"MELINOE artifact: {records['artifact']['artifact']}")
+
+
 @budgeter_app.command("table")
 def budgeter_table(
     out: Annotated[Path, typer.Option("--out", help="artifact folder to write")],

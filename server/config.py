@@ -66,14 +66,24 @@ class ExpertCacheSettings(_Strict):
     policy: str = "lru"
     gamma: float = 0.9
     pinned_base: str = "lru"
+    predictor: str | None = Field(
+        None, description="policy predicted: a `thrifty train melinoe` artifact folder (or its predictor.safetensors)"
+    )
 
     @model_validator(mode="after")
     def _valid_cache(self) -> ExpertCacheSettings:
         self.cache_config()  # the runtime's own validation, with its messages
+        if self.predictor is not None:
+            path = Path(self.predictor)
+            if not (path / "predictor.safetensors" if path.is_dir() else path).is_file():
+                raise ValueError(f"no expert predictor at {self.predictor} (a MELINOE artifact folder holds one)")
         return self
 
     def cache_config(self) -> CacheConfig:
-        return CacheConfig(slots=self.slots, policy=self.policy, gamma=self.gamma, base=self.pinned_base)
+        predictor = str(Path(self.predictor).resolve()) if self.predictor is not None else None
+        return CacheConfig(
+            slots=self.slots, policy=self.policy, gamma=self.gamma, base=self.pinned_base, predictor=predictor
+        )
 
 
 class LaunchConfig(_Strict):

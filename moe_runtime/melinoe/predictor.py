@@ -10,11 +10,15 @@ computes anyway at prefill, so the expert cache applies it itself (the ``predict
 embedder in the serving path; b_ℓ alone is the layer's overall favourites, W_ℓ what this prompt adds.
 
 Saved as ``predictor.safetensors`` (weight [L, E, E], bias [L, E]; metadata: experts, top_k, layers,
-ridge) inside an artifact folder.
+ridge, and the decoder-layer number of each MoE layer, so a server that names its layers
+``model.layers.<n>.…`` finds each one's share even when dense layers sit between them) inside an
+artifact folder.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +81,11 @@ class ExpertPredictor:
     bias: torch.Tensor  # [L, E]
     top_k: int
     ridge: float = 1e-2
+    layer_ids: tuple[int, ...] = ()  # the decoder-layer number of each MoE layer, when known
+
+    def __post_init__(self) -> None:
+        if self.layer_ids and len(self.layer_ids) != self.weight.shape[0]:
+            raise ValueError(f"{len(self.layer_ids)} layer ids for a predictor of {self.weight.shape[0]} layers")
 
     @property
     def layers(self) -> int:
@@ -89,6 +98,18 @@ class ExpertPredictor:
     def layer(self, index: int) -> LayerPredictor:
         return LayerPredictor(self.weight[index], self.bias[index])
 
+    def layer_named(self, name: str, index: int) -> LayerPredictor:
+        """The share of the MoE layer a server calls ``name`` (``…layers.<n>.…``), the ``index``-th it built:
+        found by its decoder-layer number where the predictor records them, else by position."""
+        if not self.layer_ids:
+            if not 0 <= index < self.layers:
+                raise ValueError(f"the predictor covers {self.layers} MoE layers; {name} is number {index + 1}")
+            return self.layer(index)
+        found = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+        if found is None or int(found.group(1)) not in self.layer_ids:
+            raise ValueError(f"the predictor covers decoder layers {list(self.layer_ids)}, not {name}")
+        return self.layer(self.layer_ids.index(int(found.group(1))))
+
     def layer_scores(self, layer: int, prompt_frequency: torch.Tensor) -> torch.Tensor:
         """ŷ for one layer from that layer's prompt frequencies [E]."""
         return self.weight[layer] @ prompt_frequency.to(self.weight.dtype) + self.bias[layer]
@@ -100,7 +121,13 @@ class ExpertPredictor:
 
     @classmethod
     def fit(
-        cls, sequences: Sequence[TraceSequence], *, experts: int, top_k: int, ridge: float = 1e-2
+        cls,
+        sequences: Sequence[TraceSequence],
+        *,
+        experts: int,
+        top_k: int,
+        ridge: float = 1e-2,
+        layer_ids: Sequence[int] = (),
     ) -> ExpertPredictor:
         """Least squares with an L2 penalty ``ridge`` on W (not on b), per layer, over ``sequences``."""
         usable = [s for s in sequences if s.ids.shape[0] > s.prefill]
@@ -119,7 +146,7 @@ class ExpertPredictor:
             w = torch.linalg.solve(gram, xc.T @ yc).T  # [E_out, E_in]
             weight[layer] = w
             bias[layer] = y_mean - w @ x_mean
-        return cls(weight.float(), bias.float(), top_k, ridge)
+        return cls(weight.float(), bias.float(), top_k, ridge, tuple(layer_ids))
 
     def quality(self, sequences: Sequence[TraceSequence], slots: int) -> PredictionQuality:
         """How well the predicted ``slots`` experts per layer match what decoding then used."""
@@ -157,6 +184,7 @@ class ExpertPredictor:
                 "layers": str(self.layers),
                 "top_k": str(self.top_k),
                 "ridge": repr(self.ridge),
+                "layer_ids": json.dumps(list(self.layer_ids)),
             },
         )
         tmp.replace(path)
@@ -177,7 +205,8 @@ class ExpertPredictor:
             raise ValueError(
                 f"{path}: weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not match its metadata"
             )
-        return cls(weight.float(), bias.float(), int(meta["top_k"]), float(meta["ridge"]))
+        layer_ids = tuple(json.loads(meta.get("layer_ids", "[]")))
+        return cls(weight.float(), bias.float(), int(meta["top_k"]), float(meta["ridge"]), layer_ids)
 
 
 def rank(scores: torch.Tensor, count: int) -> list[int]:
