@@ -1,11 +1,17 @@
-"""vLLM serves the reasoning world's MoE solver through the expert cache (the thrifty plugin), as the
-gateway's launcher starts it: the same greedy output as plain vLLM, and the cache's counters on the
-backend's own /metrics."""
+"""vLLM serves MoE models through the expert cache (the thrifty plugin), as the gateway's launcher starts it.
+
+The reasoning world's fine-grained solver (moe-f: 64 experts, top-8) is fine-tuned by ``thrifty train
+melinoe`` (a few steps: this is about serving, not about how good the tuning is), then its artifact's
+model is served twice: by plain vLLM, and through the expert cache at C = E/4 with the ``predicted``
+policy reading the artifact's predictor. The greedy answers must be the same, and the cache's counters
+must show the predictor's pins being fetched at each prompt.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,17 +20,33 @@ import openai
 import pytest
 
 from tests.helpers import free_port
+from tests.integration.conftest import ROOT, THRIFTY
 from thrifty.server.backends.launcher import VllmProcess
 from thrifty.server.config import BackendConfig
 
 pytestmark = pytest.mark.integration
 
-SLOTS = 2  # of the solver's 8 experts per layer: E/4
+SLOTS = 16  # of moe-f's 64 experts per layer: E/4
+JOB_TIMEOUT_S = 1800  # a safety net against a hang, not a speed requirement
 
 
-def _launch(world: Path, tmp: Path, name: str, expert_cache: dict[str, object] | None) -> VllmProcess:
+@pytest.fixture(scope="module")
+def melinoe(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("melinoe") / "job"
+    command = [
+        *THRIFTY, "train", "melinoe", "--model", str(world / "solvers" / "moe-f"), "--data", str(world),
+        "--slots", str(SLOTS), "--out", str(out), "--steps", "6", "--batch-size", "4", "--lr", "1e-3",
+        "--lora-rank", "4", "--fit-prompts", "12", "--validation-prompts", "4", "--max-new-tokens", "24",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=ROOT, check=False)
+    assert done.returncode == 0, f"thrifty train melinoe failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert "MELINOE artifact:" in done.stdout
+    return out / "artifact"
+
+
+def _launch(model: Path, tmp: Path, name: str, expert_cache: dict[str, object] | None) -> VllmProcess:
     launch: dict[str, object] = {
-        "model_path": str(world / "solvers" / "moe-s"),
+        "model_path": str(model),
         "port": free_port(),
         "dtype": "float32",
         "max_model_len": 1024,
@@ -33,7 +55,7 @@ def _launch(world: Path, tmp: Path, name: str, expert_cache: dict[str, object] |
     }
     if expert_cache is not None:
         launch["expert_cache"] = expert_cache
-    backend = BackendConfig.model_validate({"name": name, "model": "moe-s", "launch": launch})
+    backend = BackendConfig.model_validate({"name": name, "model": "moe-f", "launch": launch})
     process = VllmProcess(backend, tmp)
     process.start()
     try:
@@ -45,11 +67,12 @@ def _launch(world: Path, tmp: Path, name: str, expert_cache: dict[str, object] |
 
 
 @pytest.fixture(scope="module")
-def servers(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def servers(melinoe: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("moe-cache")
-    plain = _launch(world, tmp, "plain", None)
+    plain = _launch(melinoe / "model", tmp, "plain", None)
     try:
-        cached = _launch(world, tmp, "cached", {"slots": SLOTS, "policy": "lru"})
+        predicted = {"slots": SLOTS, "policy": "predicted", "predictor": str(melinoe), "pinned_base": "lru"}
+        cached = _launch(melinoe / "model", tmp, "cached", predicted)
         try:
             yield plain.backend.base_url, cached.backend.base_url
         finally:
@@ -66,7 +89,7 @@ def _prompts(world: Path, count: int) -> list[str]:
 def _answer(url: str, prompt: str) -> tuple[str, str]:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     reply = client.chat.completions.create(
-        model="moe-s", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64
+        model="moe-f", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=64
     )
     message = reply.choices[0].message
     return getattr(message, "reasoning", None) or "", message.content or ""
@@ -80,7 +103,9 @@ def _counters(url: str) -> dict[str, float]:
     return totals
 
 
-def test_cached_experts_answer_exactly_as_plain_vllm(servers: tuple[str, str], world: Path) -> None:
+def test_the_tuned_model_answers_through_the_predicted_cache_exactly_as_plain_vllm(
+    servers: tuple[str, str], world: Path
+) -> None:
     plain, cached = servers
     before = _counters(cached)
     prompts = _prompts(world, 8)
@@ -89,12 +114,15 @@ def test_cached_experts_answer_exactly_as_plain_vllm(servers: tuple[str, str], w
         assert any(expected), prompt
         assert _answer(cached, prompt) == expected, prompt
     after = _counters(cached)
-    passes = after["thrifty_moe_cache_passes_total"] - before.get("thrifty_moe_cache_passes_total", 0.0)
-    hits = after["thrifty_moe_cache_hits_total"] - before.get("thrifty_moe_cache_hits_total", 0.0)
-    misses = after["thrifty_moe_cache_misses_total"] - before.get("thrifty_moe_cache_misses_total", 0.0)
-    assert passes >= 2 * len(prompts)  # two MoE layers, at least a prefill each
-    assert hits > 0 and misses > 0
-    assert after["thrifty_moe_cache_transfer_bytes_total"] > before.get("thrifty_moe_cache_transfer_bytes_total", 0.0)
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert grew("thrifty_moe_cache_passes_total") >= 2 * len(prompts)  # two MoE layers, at least a prefill each
+    assert grew("thrifty_moe_cache_hits_total") > 0 and grew("thrifty_moe_cache_misses_total") > 0
+    # each prompt pins the predictor's 16 experts per layer and fetches those not yet resident
+    assert grew("thrifty_moe_cache_prefetched_total") > 0
+    assert grew("thrifty_moe_cache_transfer_bytes_total") > 0
     assert not _counters(plain)  # the plugin is installed there too, and does nothing unless asked
 
 

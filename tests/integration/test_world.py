@@ -37,14 +37,14 @@ pytestmark = pytest.mark.integration
 def test_manifest_describes_a_complete_build(world: Path) -> None:
     manifest = json.loads((world / "manifest.json").read_text())
     assert manifest["kind"] == "thrifty.world" and manifest["settings"]["mode"] == "quick"
-    assert set(manifest["solvers"]) == {"dense-s", "dense-m", "moe-s"}
+    assert set(manifest["solvers"]) == {"dense-s", "dense-m", "moe-s", "moe-f"}
     for path, digest in manifest["files"].items():
         assert sha256(world / path) == digest, path
     assert manifest["inputs"]["test"]["sha256"] != manifest["inputs"]["train"]["sha256"]
     for name in ("accuracy_vs_budget.png", "problem_tokens.png", "RESULTS.md"):
         assert (world / "report" / name).stat().st_size > 0
     assert manifest["version"] == 2 and manifest["environment"]["serving"] == ["dense-s"]
-    for name in ("dense-s", "dense-m", "moe-s"):
+    for name in ("dense-s", "dense-m", "moe-s", "moe-f"):
         assert f"tables/{name}/test.jsonl" in manifest["files"]
         assert f"checks/{name}.shortcut.json" in manifest["files"]
     assert "tables/dense-s/train.jsonl" in manifest["files"] and "checks/dense-s.live.json" in manifest["files"]
@@ -59,7 +59,7 @@ def test_solvers_are_ordinary_hugging_face_folders(world: Path) -> None:
         assert config.architectures == (["Qwen3MoeForCausalLM"] if spec.is_moe else ["Qwen3ForCausalLM"])
         assert config.hidden_size == spec.hidden and config.head_dim == 64
         if spec.is_moe:
-            assert config.num_experts == 8 and config.num_experts_per_tok == 2
+            assert (config.num_experts, config.num_experts_per_tok) == (spec.experts, spec.experts_per_token)
             assert config.router_aux_loss_coef > 0
         assert (folder / "model.safetensors").is_file()
         template = AutoTokenizer.from_pretrained(folder).chat_template
@@ -72,7 +72,7 @@ def test_outcome_tables_hold_every_rung_and_agree_with_direct_runs(world: Path) 
     """Measured in vLLM: budget 0 means no thinking, a rung never thinks past itself, and the prefix
     shortcut the tables are measured with agrees with asking vLLM directly at every rung."""
     environment = load_specs().environment["quick"]
-    for name in ("dense-s", "dense-m", "moe-s"):
+    for name in ("dense-s", "dense-m", "moe-s", "moe-f"):
         table = OutcomeTable.read(world / "tables" / name / "test.jsonl")
         assert table.ladder == environment.ladder and len(table.problems()) == environment.test_problems
         for row in table.rows:
@@ -97,8 +97,8 @@ def test_router_log_uses_the_shared_format(world: Path) -> None:
     turns = sum(
         len(json.loads(line)["steps"]) for line in (world / "data" / "test.jsonl").read_text().splitlines()[:10]
     )
-    assert len(records) == 3 * turns
-    assert {r.model for r in records} == {"dense-s", "dense-m", "moe-s"}
+    assert len(records) == 4 * turns
+    assert {r.model for r in records} == {"dense-s", "dense-m", "moe-s", "moe-f"}
     assert all(r.score in (0.0, 1.0) and r.cost > 0 and r.task for r in records)
     assert {"bucket", "problem", "turn", "tokens"} <= set(records[0].extra)
 
