@@ -168,7 +168,10 @@ class WorldData:
         chains = read_chains(path)[:problems]
         train, validation = _split(len(chains), 0)
         self.tokenizer = build_tokenizer()
-        self.think_end = int(self.tokenizer.convert_tokens_to_ids(THINK_END))
+        think_end = self.tokenizer.convert_tokens_to_ids(THINK_END)
+        if not isinstance(think_end, int):
+            raise ValueError("the world's tokenizer has no single </think> token")
+        self.think_end = think_end
         self.pad = int(self.tokenizer.pad_token_id)
         self.plan = load_specs().training["full"]
         self.train_chains = [chains[i] for i in train]

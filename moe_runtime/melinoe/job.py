@@ -105,6 +105,7 @@ def _load(folder: Path) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.train(False)  # evaluation mode; the fine-tune switches its own copy to training
     return model
 
 
@@ -166,7 +167,7 @@ class MelinoeJob:
             prompts = self.data().prompts("train" if split == "fit" else "validation", count)
             bar = context.progress(len(prompts), desc=f"{context.name}: {who} decoding {split} prompts")
             trace = record_generations(
-                model.eval(), prompts, max_new_tokens=o.max_new_tokens, eos_token_id=self._eos(model), progress=bar
+                model, prompts, max_new_tokens=o.max_new_tokens, eos_token_id=self._eos(model), progress=bar
             )
             bar.close()
             trace.source |= {"model": who, "split": split}
@@ -183,7 +184,7 @@ class MelinoeJob:
         from torch.nn import functional as F
 
         total, count = 0.0, 0
-        model.eval()
+        model.train(False)
         with torch.no_grad():
             for batch in self.data().validation_batches(self.options.tuning.batch_size):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

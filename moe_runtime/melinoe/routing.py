@@ -69,7 +69,7 @@ def record_generations(
     for prompt in prompts:
         ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
         with recording_routes(model) as passes, torch.no_grad():
-            model.generate(
+            model.generate(  # type: ignore[operator]
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,

@@ -164,7 +164,7 @@ class Tuner:
         self.model = get_peft_model(model, config)
         self.blocks = blocks  # PEFT wraps the experts; the routers stay the modules found above
         for block in self.blocks:
-            block.router.weight.requires_grad_(True)  # type: ignore[union-attr]
+            block.router.weight.requires_grad_(True)
         self._seen: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.blocks)
         self._hooks = [block.router.register_forward_hook(self._hook(i)) for i, block in enumerate(self.blocks)]
 
@@ -240,7 +240,7 @@ class Tuner:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        model: PreTrainedModel = self.model.merge_and_unload()
+        model: PreTrainedModel = self.model.merge_and_unload()  # type: ignore[assignment]
         for param in model.parameters():
             param.requires_grad_(False)
         return model
