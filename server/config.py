@@ -72,11 +72,7 @@ class ExpertCacheSettings(_Strict):
 
     @model_validator(mode="after")
     def _valid_cache(self) -> ExpertCacheSettings:
-        self.cache_config()  # the runtime's own validation, with its messages
-        if self.predictor is not None:
-            path = Path(self.predictor)
-            if not (path / "predictor.safetensors" if path.is_dir() else path).is_file():
-                raise ValueError(f"no expert predictor at {self.predictor} (a MELINOE artifact folder holds one)")
+        self.cache_config()  # the runtime's own validation, with its messages (the file is checked at launch)
         return self
 
     def cache_config(self) -> CacheConfig:

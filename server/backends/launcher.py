@@ -18,6 +18,7 @@ from thrifty.server.kit.vllm import LaunchError, VllmLaunch, VllmServer, free_po
 __all__ = ["LaunchError", "VllmProcess", "free_port", "launch_of", "log_path", "start_all", "stop_all"]
 
 BUNDLED = "bundled"
+PREDICTOR_FILE = "predictor.safetensors"  # in a MELINOE artifact (moe_runtime.melinoe.predictor.FILE)
 
 
 def log_path(backend: BackendConfig, data_dir: Path) -> Path:
@@ -64,6 +65,17 @@ class VllmProcess(VllmServer):
     def __init__(self, backend: BackendConfig, data_dir: Path) -> None:
         super().__init__(launch_of(backend, data_dir), log_path(backend, data_dir))
         self.backend = backend
+
+    def start(self) -> None:
+        cache = self.backend.launch.expert_cache if self.backend.launch is not None else None
+        if cache is not None and cache.predictor is not None:
+            path = Path(cache.predictor)
+            if not (path / PREDICTOR_FILE if path.is_dir() else path).is_file():
+                raise LaunchError(
+                    f"backend '{self.backend.name}': no expert predictor at {cache.predictor} "
+                    "(a `thrifty train melinoe` artifact folder holds predictor.safetensors)"
+                )
+        super().start()
 
 
 def start_all(backends: Sequence[BackendConfig], data_dir: Path) -> list[VllmProcess]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from thrifty.server.app import build_app
-from thrifty.server.backends.launcher import VllmProcess
+from thrifty.server.backends.launcher import LaunchError, VllmProcess
 from thrifty.server.config import ConfigError, default_config, load_config, parse_config
 
 GOOD = """
@@ -216,3 +216,28 @@ def test_an_expert_cache_backend_launches_with_the_plugin_configured(tmp_path: P
         "THRIFTY_MOE_GAMMA": "0.8",
         "THRIFTY_MOE_PINNED_BASE": "decay",
     }
+
+
+def test_a_predicted_expert_cache_passes_its_predictor_and_a_missing_one_stops_the_launch(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    artifact = tmp_path / "melinoe"
+    path.write_text(
+        "backends: [{name: moe, model: m, launch: {model_path: x, port: 8123,"
+        f" expert_cache: {{slots: 16, policy: predicted, predictor: {artifact}}}}}}}]"
+    )
+    backend = load_config(path, environ={}).backends[0]
+    assert backend.launch is not None and backend.launch.expert_cache is not None
+    env = backend.launch.expert_cache.cache_config().to_env()
+    assert env["THRIFTY_MOE_POLICY"] == "predicted" and env["THRIFTY_MOE_PREDICTOR"] == str(artifact.resolve())
+    with pytest.raises(LaunchError, match="no expert predictor at .*melinoe"):
+        VllmProcess(backend, tmp_path).start()  # refused before any process starts
+    for policy, predictor, message in (
+        ("predicted", "", "the predicted policy needs a predictor"),
+        ("lru", f", predictor: {artifact}", "only it takes one"),
+    ):
+        path.write_text(
+            "backends: [{name: moe, model: m, launch: {model_path: x, port: 8123,"
+            f" expert_cache: {{slots: 16, policy: {policy}{predictor}}}}}}}]"
+        )
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, environ={})
