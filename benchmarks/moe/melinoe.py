@@ -305,12 +305,16 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["moe-s", "moe-f"])
     parser.add_argument("--config", type=Path, default=HERE / "melinoe.yaml")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--table-variants", nargs="+", default=["tuned"], choices=list(VARIANTS), help="fine-tunes whose accuracy "
+        "is measured through vLLM (each costs a table)"
+    )  # fmt: skip
     parser.add_argument("--trace-problems", type=int, default=60, help="test problems whose turns are recorded")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--table-problems", type=int, default=200, help="test problems in the accuracy comparison")
     parser.add_argument("--check-prompts", type=int, default=20, help="prompts of the vLLM plugin check")
-    parser.add_argument("--throughput-sequences", type=int, default=4)
-    parser.add_argument("--throughput-tokens", type=int, default=48)
+    parser.add_argument("--throughput-sequences", type=int, default=3)
+    parser.add_argument("--throughput-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tables", "vllm", "throughput"])
@@ -355,7 +359,8 @@ def main() -> None:
                     jobs[variant] / "artifact" / "model",
                     args.work / solver / "tables" / f"{variant}.jsonl",
                 )
-                for variant in args.variants
+                for variant in args.table_variants
+                if variant in jobs
             }
             problems = set(tuned_tables["tuned"].problems())
             record["accuracy"]["base"] = accuracy(base_table, problems)

@@ -52,6 +52,23 @@ class TuningData(Protocol):
         ...
 
 
+def source_file(source: Path) -> Path:
+    """The file a data source reads: a world build's training chains, or the JSONL itself."""
+    return source / "data" / "train.jsonl" if source.is_dir() else source
+
+
+def digest(source: Path) -> str:
+    """SHA-256 of what a data source reads (a rerun of a job on changed data is another job)."""
+    path = source_file(source)
+    if not path.is_file():
+        raise ValueError(
+            f"no training data at {path}: --data is a `thrifty world build` folder or a JSONL file"
+            if source.is_dir() or source.suffix != ".jsonl"
+            else f"no data file at {source}"
+        )
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _pad(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -86,11 +103,9 @@ class JsonlData:
     """Examples from a JSONL file (see the module docstring), tokenized with the model's tokenizer."""
 
     def __init__(self, path: Path, tokenizer: PreTrainedTokenizerBase, *, max_tokens: int = 2048) -> None:
-        if not path.is_file():
-            raise ValueError(f"no data file at {path}")
         self.source = str(path)
+        self.digest = digest(path)
         raw = path.read_bytes()
-        self.digest = hashlib.sha256(raw).hexdigest()
         self.max_tokens = max_tokens
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad = int(pad) if pad is not None else 0
@@ -160,11 +175,9 @@ class WorldData:
         from thrifty.budgeter.world.solvers import load_specs
         from thrifty.budgeter.world.training import make_examples
 
-        path = world / "data" / "train.jsonl"
-        if not path.is_file():
-            raise ValueError(f"{world} is not a world build (no data/train.jsonl): run `thrifty world build`")
+        path = source_file(world)
         self.source = str(path)
-        self.digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.digest = digest(world)
         chains = read_chains(path)[:problems]
         train, validation = _split(len(chains), 0)
         self.tokenizer = build_tokenizer()

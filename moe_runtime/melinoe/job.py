@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from thrifty.moe_runtime.config import CacheConfig
+from thrifty.moe_runtime.melinoe.data import digest as data_digest
 from thrifty.moe_runtime.melinoe.predictor import FILE as PREDICTOR_FILE
 from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
 from thrifty.moe_runtime.melinoe.tuning import Tuner, TuningSettings, decoder_layer_ids, moe_blocks
@@ -79,6 +80,7 @@ class MelinoeJobOptions:
         return {
             "model": str(self.model.resolve()),
             "data": str(self.data.resolve()),
+            "data_sha256": data_digest(self.data),
             "tuning": self.tuning.to_json(),
             "fit_prompts": self.fit_prompts,
             "validation_prompts": self.validation_prompts,
@@ -137,7 +139,11 @@ class MelinoeJob:
     def __init__(self, options: MelinoeJobOptions, *, progress: bool = True) -> None:
         self.options = options
         self.out = options.out
-        self.job = Job(self.out, kind=JOB_KIND, settings=options.settings(), progress=progress)
+        try:
+            settings = options.settings()
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+        self.job = Job(self.out, kind=JOB_KIND, settings=settings, progress=progress)
         self._data: TuningData | None = None
 
     # --- shared ------------------------------------------------------------------------------------

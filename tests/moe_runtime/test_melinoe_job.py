@@ -160,6 +160,19 @@ def test_bad_requests_fail_with_their_reason(base: Path, data: Path, tmp_path: P
     with pytest.raises(ValueError, match="at least two"):
         run_job(_options(base, bad, tmp_path / "e"), progress=False)
     assert not (tmp_path / "c" / "artifact").exists()
+    with pytest.raises(JobError, match="no data file at"):
+        run_job(_options(base, tmp_path / "missing.jsonl", tmp_path / "f"), progress=False)
+
+
+def test_a_job_folder_refuses_the_same_path_with_other_data(base: Path, data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data.jsonl"
+    copy.write_text(data.read_text())
+    options = replace(_options(base, copy, tmp_path / "job"), stop_at=2)
+    with pytest.raises(StopRequested):
+        run_job(options, progress=False)
+    copy.write_text(data.read_text().replace("x1 is", "x1 equals"))
+    with pytest.raises(JobError, match="other settings"):
+        run_job(options, progress=False)
 
 
 def test_the_command_line_runs_the_job_and_names_its_mistakes(base: Path, data: Path, tmp_path: Path) -> None:
