@@ -144,3 +144,28 @@ def test_vllms_loader_leaves_the_experts_in_host_memory() -> None:
     )
     done = subprocess.run([vllm_python(), "-c", script], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_prompt_passes_are_told_from_decode_batches_by_vllms_attention_metadata() -> None:
+    """The predicted policy re-pins only at passes that carry a prompt: a batch of eight running requests'
+    decode tokens (eight tokens, one query each) is not one; a prefill (or a chunk of one) is."""
+    import subprocess
+
+    from thrifty.server.kit.vllm import vllm_python
+
+    script = (
+        "from types import SimpleNamespace as S\n"
+        "import vllm.forward_context as fc\n"
+        "from thrifty.moe_runtime.vllm_layer import _holds_prompt\n"
+        "assert fc._forward_context is None and _holds_prompt(5) and not _holds_prompt(1)\n"
+        "fc._forward_context = S(attn_metadata={'model.layers.0.self_attn.attn': S(max_query_len=1)})\n"
+        "assert not _holds_prompt(8)\n"
+        "fc._forward_context = S(attn_metadata={'model.layers.0.self_attn.attn': S(max_query_len=37)})\n"
+        "assert _holds_prompt(44)\n"
+        "fc._forward_context = S(attn_metadata=[{'a': S(max_query_len=1)}, {'a': S(max_query_len=1)}])\n"
+        "assert not _holds_prompt(4)\n"
+        "fc._forward_context = S(attn_metadata=None)\n"
+        "assert _holds_prompt(3)\n"
+    )
+    done = subprocess.run([vllm_python(), "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
