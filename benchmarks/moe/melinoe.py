@@ -327,7 +327,8 @@ def main() -> None:
     rows: list[replay_bench.Row] = []
     for solver in args.solvers:
         record: dict[str, Any] = {"hit_rates": {}, "distinct": {}, "accuracy": {}, "history": {}, "jobs": {}}
-        jobs = {variant: fine_tune(args, solver, variant, config) for variant in args.variants}
+        variants = [v for v in args.variants if v == "tuned" or solver in config.get("ablation", args.solvers)]
+        jobs = {variant: fine_tune(args, solver, variant, config) for variant in variants}
         base_dir = args.world / "solvers" / solver
         traces = {"base": test_trace(args, base_dir, args.work / solver / "traces" / "base.test.trace.safetensors")}
         predictors = {}
