@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -229,6 +230,31 @@ def vllm_check(args: argparse.Namespace, solver: str, artifact: Path, slots: int
 
 
 def throughput(
+    args: argparse.Namespace, name: str, trace: RoutingTrace, predictor: ExpertPredictor, path: Path
+) -> list[replay_bench.Row]:
+    """The replay benchmark's table for ``trace`` (kept in ``path`` for the same settings and trace)."""
+    key = {
+        "sequences": args.throughput_sequences, "tokens": args.throughput_tokens, "repeats": args.repeats,
+        "device": args.device, "trace": trace_digest(trace),
+    }  # fmt: skip
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["key"] == key:
+            return [replay_bench.Row(**row) for row in kept["rows"]]
+    rows = measure_throughput(args, name, trace, predictor)
+    path.write_text(json.dumps({"key": key, "rows": [asdict(r) for r in rows]}, indent=1))
+    return rows
+
+
+def trace_digest(trace: RoutingTrace) -> str:
+    digest = hashlib.sha256(f"{trace.experts} {trace.top_k} {trace.layers}".encode())
+    for seq in trace.sequences:
+        digest.update(f"{seq.prefill} {seq.ids.shape[0]}".encode())
+        digest.update(seq.ids.to(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def measure_throughput(
     args: argparse.Namespace, name: str, trace: RoutingTrace, predictor: ExpertPredictor
 ) -> list[replay_bench.Row]:
     preset = REAL_SHAPES[(trace.experts, trace.top_k)]
@@ -267,17 +293,25 @@ def plots(results: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "hit_rates.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(solvers), figsize=(5.5 * len(solvers), 4.0), squeeze=False)
-    for ax, solver in zip(axes[0], solvers, strict=True):
+    fig, axes = plt.subplots(2, len(solvers), figsize=(5.5 * len(solvers), 6.5), squeeze=False, sharex="col")
+    for col, solver in enumerate(solvers):
+        ax, gap = axes[0][col], axes[1][col]
         acc = results["solvers"][solver]["accuracy"]
         for variant in acc:
             budgets = list(acc[variant])
             ax.plot(range(len(budgets)), [acc[variant][b] for b in budgets], marker="o", label=variant)
-            ax.set_xticks(range(len(budgets)), budgets)
+            if variant != "base":
+                points = [100 * (acc[variant][b] - acc["base"][b]) for b in budgets]
+                gap.plot(range(len(budgets)), points, marker="o", label=f"{variant} − base")
+            gap.set_xticks(range(len(budgets)), budgets)
+        gap.axhspan(-1, 1, color="0.9", label="±1 point")
+        gap.axhline(0, color="0.5", linewidth=0.8)
         ax.set_title(f"{solver}: turn accuracy by thinking budget", fontsize=9)
-        ax.set_xlabel("thinking budget (tokens)")
         ax.set_ylabel("turn accuracy")
         ax.legend(fontsize=8)
+        gap.set_xlabel("thinking budget (tokens)")
+        gap.set_ylabel("difference (points)")
+        gap.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
@@ -288,9 +322,11 @@ def plots(results: dict[str, Any], out: Path) -> None:
             steps = [h["step"] for h in history]
             for ax, key in zip(axes, ("nll", "cache", "rank"), strict=True):
                 ax.plot(steps, [h[key] for h in history], label=f"{solver} {variant}")
-    for ax, title in zip(axes, ("NLL per token", "L_cs: expected misses per token", "L_rm"), strict=True):
+    titles = ("NLL per token", "L_cs: expected misses per token", "L_rm (a sum over expert pairs; log scale)")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
+    axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "training.png", dpi=110)
@@ -374,7 +410,10 @@ def main() -> None:
             )
         if "throughput" not in args.skip:
             for variant in ("base", "tuned"):
-                rows += throughput(args, f"{solver} {variant} (test routing)", traces[variant], predictors[variant])
+                rows += throughput(
+                    args, f"{solver} {variant} (test routing)", traces[variant], predictors[variant],
+                    args.work / solver / f"throughput-{variant}.json",
+                )  # fmt: skip
         results["solvers"][solver] = record
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     results["throughput"] = [asdict(r) for r in rows]
