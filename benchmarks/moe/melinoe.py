@@ -236,6 +236,8 @@ def throughput(
     key = {
         "sequences": args.throughput_sequences, "tokens": args.throughput_tokens, "repeats": args.repeats,
         "device": args.device, "trace": trace_digest(trace),
+        "predictor": hashlib.sha256(b"".join(t.float().numpy().tobytes() for t in (predictor.weight, predictor.bias)))
+        .hexdigest(),
     }  # fmt: skip
     if path.is_file():
         kept = json.loads(path.read_text())
