@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -54,10 +53,12 @@ from thrifty.budgeter.world.outcomes import OutcomeTable  # noqa: E402
 from thrifty.budgeter.world.solvers import load_specs  # noqa: E402
 from thrifty.moe_runtime import CacheConfig  # noqa: E402
 from thrifty.moe_runtime.melinoe.job import MelinoeJobOptions, run_job  # noqa: E402
+from thrifty.moe_runtime.melinoe.predictor import FILE as PREDICTOR_FILE  # noqa: E402
 from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor  # noqa: E402
 from thrifty.moe_runtime.melinoe.tuning import TuningSettings  # noqa: E402
 from thrifty.moe_runtime.simulate import distinct_per_layer, replay  # noqa: E402
 from thrifty.moe_runtime.traces import RoutingTrace  # noqa: E402
+from thrifty.server.kit.artifacts import sha256  # noqa: E402
 
 logger = logging.getLogger("melinoe-bench")
 
@@ -230,14 +231,13 @@ def vllm_check(args: argparse.Namespace, solver: str, artifact: Path, slots: int
 
 
 def throughput(
-    args: argparse.Namespace, name: str, trace: RoutingTrace, predictor: ExpertPredictor, path: Path
+    args: argparse.Namespace, name: str, trace: RoutingTrace, predictor: ExpertPredictor, inputs: list[Path], path: Path
 ) -> list[replay_bench.Row]:
-    """The replay benchmark's table for ``trace`` (kept in ``path`` for the same settings and trace)."""
+    """The replay benchmark's table for ``trace``, kept in ``path`` for the same settings and ``inputs`` (the
+    files the trace and the predictor came from)."""
     key = {
         "sequences": args.throughput_sequences, "tokens": args.throughput_tokens, "repeats": args.repeats,
-        "device": args.device, "trace": trace_digest(trace),
-        "predictor": hashlib.sha256(b"".join(t.float().numpy().tobytes() for t in (predictor.weight, predictor.bias)))
-        .hexdigest(),
+        "device": args.device, "inputs": [sha256(p) for p in inputs],
     }  # fmt: skip
     if path.is_file():
         kept = json.loads(path.read_text())
@@ -246,14 +246,6 @@ def throughput(
     rows = measure_throughput(args, name, trace, predictor)
     path.write_text(json.dumps({"key": key, "rows": [asdict(r) for r in rows]}, indent=1))
     return rows
-
-
-def trace_digest(trace: RoutingTrace) -> str:
-    digest = hashlib.sha256(f"{trace.experts} {trace.top_k} {trace.layers}".encode())
-    for seq in trace.sequences:
-        digest.update(f"{seq.prefill} {seq.ids.shape[0]}".encode())
-        digest.update(seq.ids.to(torch.int16).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def measure_throughput(
@@ -368,16 +360,17 @@ def main() -> None:
         variants = [v for v in args.variants if v == "tuned" or solver in config.get("ablation", args.solvers)]
         jobs = {variant: fine_tune(args, solver, variant, config) for variant in variants}
         base_dir = args.world / "solvers" / solver
-        traces = {"base": test_trace(args, base_dir, args.work / solver / "traces" / "base.test.trace.safetensors")}
-        predictors = {}
-        fit = RoutingTrace.load(jobs["tuned"] / "traces" / "base.fit.trace.safetensors")
-        predictors["base"] = ExpertPredictor.fit(fit.sequences, experts=fit.experts, top_k=fit.top_k)
+        trace_path = {v: args.work / solver / "traces" / f"{v}.test.trace.safetensors" for v in ("base", *jobs)}
+        traces = {"base": test_trace(args, base_dir, trace_path["base"])}
+        fit_path = jobs["tuned"] / "traces" / "base.fit.trace.safetensors"
+        fit = RoutingTrace.load(fit_path)
+        predictors = {"base": ExpertPredictor.fit(fit.sequences, experts=fit.experts, top_k=fit.top_k)}
+        predictor_source = {"base": fit_path}
         for variant, job in jobs.items():
             artifact = job / "artifact"
-            traces[variant] = test_trace(
-                args, artifact / "model", args.work / solver / "traces" / f"{variant}.test.trace.safetensors"
-            )
+            traces[variant] = test_trace(args, artifact / "model", trace_path[variant])
             predictors[variant] = ExpertPredictor.load(artifact)
+            predictor_source[variant] = artifact / PREDICTOR_FILE
             record["history"][variant] = json.loads((artifact / "history.json").read_text())
             record["jobs"][variant] = json.loads((artifact / "manifest.json").read_text())["metrics"]
         preset, expert_bytes = expert_bytes_of(traces["base"].experts, traces["base"].top_k)
@@ -414,7 +407,7 @@ def main() -> None:
             for variant in ("base", "tuned"):
                 rows += throughput(
                     args, f"{solver} {variant} (test routing)", traces[variant], predictors[variant],
-                    args.work / solver / f"throughput-{variant}.json",
+                    [trace_path[variant], predictor_source[variant]], args.work / solver / f"throughput-{variant}.json",
                 )  # fmt: skip
         results["solvers"][solver] = record
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
