@@ -14,6 +14,7 @@ ENV_POLICY = "THRIFTY_MOE_POLICY"
 ENV_GAMMA = "THRIFTY_MOE_GAMMA"
 ENV_BASE = "THRIFTY_MOE_PINNED_BASE"  # the policy for unpinned experts under `pinned` and `predicted`
 ENV_PREDICTOR = "THRIFTY_MOE_PREDICTOR"  # the MELINOE artifact (or predictor file) the `predicted` policy reads
+ENV_PIN_SHARE = "THRIFTY_MOE_PIN_SHARE"  # `predicted`: the share of its C experts pinned (default: the predictor's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,8 @@ class CacheConfig:
     ``slots`` larger than a layer's expert count is clamped to it (everything stays resident).
     ``gamma`` is the decay policy's γ; ``base`` the policy ``pinned`` and ``predicted`` apply to other
     experts; ``predictor`` the MELINOE artifact folder (or its ``predictor.safetensors``) whose per-layer
-    prediction ``predicted`` pins at each prefill.
+    prediction ``predicted`` fetches at each prefill, pinning the best ``pin_share`` · C of it (None: the
+    share the predictor itself records, which the MELINOE job chose on held-out routing).
     """
 
     slots: int
@@ -31,6 +33,7 @@ class CacheConfig:
     gamma: float = 0.9
     base: str = "lru"
     predictor: str | None = None
+    pin_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -45,6 +48,11 @@ class CacheConfig:
             )
         if (self.policy == "predicted") != (self.predictor is not None):
             raise ValueError("expert cache: the predicted policy needs a predictor, and only it takes one")
+        if self.pin_share is not None:
+            if self.policy != "predicted":
+                raise ValueError("expert cache: pin_share is the predicted policy's setting")
+            if not 0.0 <= self.pin_share <= 1.0:
+                raise ValueError(f"expert cache: pin_share must be in [0, 1], got {self.pin_share}")
 
     @property
     def keeps_nothing(self) -> bool:
@@ -60,6 +68,8 @@ class CacheConfig:
         }
         if self.predictor is not None:
             env[ENV_PREDICTOR] = self.predictor
+        if self.pin_share is not None:
+            env[ENV_PIN_SHARE] = repr(self.pin_share)
         return env
 
     @classmethod
@@ -73,12 +83,15 @@ class CacheConfig:
         try:
             slots = int(raw)
             gamma = float(environ.get(ENV_GAMMA, "0.9"))
+            share = environ.get(ENV_PIN_SHARE)
+            pin_share = float(share) if share else None
         except ValueError:
-            raise ValueError(f"{ENV_SLOTS} must be an integer and {ENV_GAMMA} a number") from None
+            raise ValueError(f"{ENV_SLOTS} must be an integer, {ENV_GAMMA} and {ENV_PIN_SHARE} numbers") from None
         return cls(
             slots=slots,
             policy=environ.get(ENV_POLICY, "lru"),
             gamma=gamma,
             base=environ.get(ENV_BASE, "lru"),
             predictor=environ.get(ENV_PREDICTOR) or None,
+            pin_share=pin_share,
         )

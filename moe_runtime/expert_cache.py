@@ -40,6 +40,7 @@ import torch
 
 from thrifty.moe_runtime.config import CacheConfig
 from thrifty.moe_runtime.eviction import EvictionPolicy, Pinned, build_policy
+from thrifty.moe_runtime.melinoe.predictor import pinned_count
 
 if TYPE_CHECKING:
     from thrifty.moe_runtime.melinoe.predictor import LayerPredictor
@@ -327,11 +328,17 @@ class ExpertCache:
         return pins
 
     def start_sequence(self, prompt_counts: Sequence[int]) -> list[int]:
-        """A prompt arrives (the ``predicted`` policy): pin and start fetching the C experts the predictor
-        expects its decoding to use, from how many of the prompt's pairs each expert got."""
-        if self.predictor is None:
+        """A prompt arrives (the ``predicted`` policy): start fetching the C experts the predictor expects
+        its decoding to use, from how many of the prompt's pairs each expert got, and pin the best
+        ``pin_share`` · C of them; the rest are ordinary residents. Returns the pins."""
+        if self.predictor is None or not isinstance(self.policy, Pinned):
             raise ValueError(f"{self.name}: start_sequence needs the 'predicted' policy")
-        return self.pin(self.predictor.choose(prompt_counts, self.capacity))
+        share = self.config.pin_share if self.config.pin_share is not None else self.predictor.pin_share
+        chosen = self.predictor.choose(prompt_counts, self.capacity)
+        pins = chosen[: pinned_count(share, self.capacity)]
+        self.policy.pin(pins)
+        self.prefetch(chosen)
+        return pins
 
     def _free_slot(self, protected: set[int] | frozenset[int]) -> int:
         for slot, expert in enumerate(self.expert_in):

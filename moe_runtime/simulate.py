@@ -103,6 +103,22 @@ def replay(trace: RoutingTrace, config: CacheConfig, predictors: Sequence[LayerP
     return Replay(total, tokens, trace.layers)
 
 
+def choose_pin_share(
+    trace: RoutingTrace, predictors: Sequence[LayerPredictor], slots: int, *, base: str = "lru", steps: int = 8
+) -> tuple[float, dict[float, float]]:
+    """The share of its C predicted experts the ``predicted`` policy should pin, judged on ``trace`` (held-out
+    routing): replays pinning 0, C/``steps``, …, C of them (fetching all C either way; ``base`` keeps the
+    rest) and returns the share with the highest hit rate (ties: the larger share) and every share's."""
+    counts = sorted({round(slots * k / steps) for k in range(steps + 1)})
+    config = CacheConfig(slots=slots, policy="predicted", base=base, predictor="in memory")
+    rates: dict[float, float] = {}
+    for count in counts:
+        share = count / slots
+        rates[share] = replay(trace, replace(config, pin_share=share), predictors).hit_rate
+    best = max(rates, key=lambda share: (rates[share], share))
+    return best, rates
+
+
 def distinct_per_layer(trace: RoutingTrace, *, decode_only: bool = False) -> float:
     """Mean over sequences and layers of how many distinct experts a sequence used in a layer."""
     counts = []

@@ -492,7 +492,8 @@ def train_melinoe_command(
         hits = ", ".join(f"{policy} {rate:.3f}" for policy, rate in m["hit_rate"].items())
         typer.echo(
             f"{who}: {m['distinct_experts']:.1f} distinct experts per sequence and layer; hit rate at C={slots}: "
-            f"{hits}; predictor precision {m['predictor']['precision']:.3f}, recall {m['predictor']['recall']:.3f}"
+            f"{hits}; predictor precision {m['predictor']['precision']:.3f}, recall {m['predictor']['recall']:.3f}; "
+            f"predicted pins {m['predictor']['pin_share']:g} of C"
         )
     typer.echo(f"MELINOE artifact: {records['artifact']['artifact']}")
 

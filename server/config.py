@@ -69,6 +69,9 @@ class ExpertCacheSettings(_Strict):
     predictor: str | None = Field(
         None, description="policy predicted: a `thrifty train melinoe` artifact folder (or its predictor.safetensors)"
     )
+    pin_share: float | None = Field(
+        None, description="policy predicted: the share of its C experts to pin (default: the one the job chose)"
+    )
 
     @model_validator(mode="after")
     def _valid_cache(self) -> ExpertCacheSettings:
@@ -78,8 +81,9 @@ class ExpertCacheSettings(_Strict):
     def cache_config(self) -> CacheConfig:
         predictor = str(Path(self.predictor).resolve()) if self.predictor is not None else None
         return CacheConfig(
-            slots=self.slots, policy=self.policy, gamma=self.gamma, base=self.pinned_base, predictor=predictor
-        )
+            slots=self.slots, policy=self.policy, gamma=self.gamma, base=self.pinned_base, predictor=predictor,
+            pin_share=self.pin_share,
+        )  # fmt: skip
 
 
 class LaunchConfig(_Strict):

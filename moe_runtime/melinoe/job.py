@@ -11,8 +11,9 @@ continues from its last checkpoint, other settings are refused):
   tensors and AdamW's state as safetensors every ``checkpoint_every_s``; the merged model goes to
   ``OUT/tuned`` (a plain Hugging Face folder);
 - ``predictor``: the tuned model's routing on the same prompts, the activation predictor fitted on
-  the fit prompts and judged on the validation ones; a predictor for the base model too, so the
-  ``predicted`` policy can be compared on both;
+  the fit prompts and judged on the validation ones, where the share of its C experts to pin is chosen
+  too (``choose_pin_share``); a predictor for the base model as well, so the ``predicted`` policy can be
+  compared on both;
 - ``artifact``: ``OUT/artifact/`` = ``model/`` (what vLLM serves with the expert-cache plugin),
   ``predictor.safetensors`` (what the ``predicted`` policy reads), ``traces/`` and ``manifest.json``
   (kind ``thrifty.melinoe``: the base model's hash, the data's, C, γ, the λs, every metric).
@@ -26,7 +27,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from thrifty.moe_runtime.melinoe.data import digest as data_digest
 from thrifty.moe_runtime.melinoe.predictor import FILE as PREDICTOR_FILE
 from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor
 from thrifty.moe_runtime.melinoe.tuning import Tuner, TuningSettings, decoder_layer_ids, moe_blocks
-from thrifty.moe_runtime.simulate import distinct_per_layer, replay
+from thrifty.moe_runtime.simulate import choose_pin_share, distinct_per_layer, replay
 from thrifty.moe_runtime.traces import RoutingTrace
 from thrifty.server.kit.artifacts import ArtifactWriter, swap_in
 from thrifty.server.kit.checkpoints import load_optimizer, save_optimizer
@@ -306,6 +307,9 @@ class MelinoeJob:
         for who, traces in (("base", base), ("tuned", tuned)):
             fit = traces["fit"]
             predictor = ExpertPredictor.fit(fit.sequences, experts=fit.experts, top_k=fit.top_k, layer_ids=layer_ids)
+            layers = [predictor.layer(i) for i in range(predictor.layers)]
+            share, by_share = choose_pin_share(traces["validation"], layers, s.slots)
+            predictor = replace(predictor, pin_share=share)
             if who == "tuned":
                 predictor.save(self.out)
             quality = predictor.quality(traces["validation"].sequences, s.slots)
@@ -314,6 +318,8 @@ class MelinoeJob:
                     "precision": quality.precision,
                     "recall": quality.recall,
                     "set_recall": quality.set_recall,
+                    "pin_share": share,
+                    "hit_rate_by_pin_share": {f"{k:g}": v for k, v in by_share.items()},
                 }
             }
         return record

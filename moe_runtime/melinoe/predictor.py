@@ -9,8 +9,14 @@ and the prediction is the C experts with the largest ŷ_ℓ. It needs nothing bu
 computes anyway at prefill, so the expert cache applies it itself (the ``predicted`` policy) with no
 embedder in the serving path; b_ℓ alone is the layer's overall favourites, W_ℓ what this prompt adds.
 
+The cache fetches all C predicted experts at the prompt but pins only the best ``pin_share`` · C of them;
+the other slots stay with the base policy, so experts the prediction missed can still be kept. Which share
+pays depends on the model: where decoding uses few more experts than C, pinning all C wins; where it uses
+many more, pinning all C keeps every other expert out for the whole sequence. The MELINOE job picks the
+share on held-out routing (:func:`~thrifty.moe_runtime.simulate.choose_pin_share`) and stores it here.
+
 Saved as ``predictor.safetensors`` (weight [L, E, E], bias [L, E]; metadata: experts, top_k, layers,
-ridge, and the decoder-layer number of each MoE layer, so a server that names its layers
+ridge, pin_share, and the decoder-layer number of each MoE layer, so a server that names its layers
 ``model.layers.<n>.…`` finds each one's share even when dense layers sit between them) inside an
 artifact folder.
 """
@@ -57,11 +63,12 @@ class LayerPredictor:
     device tensor and adds no synchronisation to the pass.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, pin_share: float = 1.0) -> None:
         if weight.dim() != 2 or weight.shape != (bias.shape[0], bias.shape[0]):
             raise ValueError(f"a layer predictor needs weight [E, E] and bias [E], got {tuple(weight.shape)}")
         self.weight = weight.detach().to("cpu", torch.float64).numpy()
         self.bias = bias.detach().to("cpu", torch.float64).numpy()
+        self.pin_share = check_pin_share(pin_share)
 
     @property
     def experts(self) -> int:
@@ -82,8 +89,10 @@ class ExpertPredictor:
     top_k: int
     ridge: float = 1e-2
     layer_ids: tuple[int, ...] = ()  # the decoder-layer number of each MoE layer, when known
+    pin_share: float = 1.0  # of the C predicted experts, the share the cache pins (the best first)
 
     def __post_init__(self) -> None:
+        check_pin_share(self.pin_share)
         if self.layer_ids and len(self.layer_ids) != self.weight.shape[0]:
             raise ValueError(f"{len(self.layer_ids)} layer ids for a predictor of {self.weight.shape[0]} layers")
 
@@ -96,7 +105,7 @@ class ExpertPredictor:
         return int(self.weight.shape[1])
 
     def layer(self, index: int) -> LayerPredictor:
-        return LayerPredictor(self.weight[index], self.bias[index])
+        return LayerPredictor(self.weight[index], self.bias[index], self.pin_share)
 
     def layer_named(self, name: str, index: int) -> LayerPredictor:
         """The share of the MoE layer a server calls ``name`` (``…layers.<n>.…``), the ``index``-th it built:
@@ -184,6 +193,7 @@ class ExpertPredictor:
                 "layers": str(self.layers),
                 "top_k": str(self.top_k),
                 "ridge": repr(self.ridge),
+                "pin_share": repr(self.pin_share),
                 "layer_ids": json.dumps(list(self.layer_ids)),
             },
         )
@@ -206,7 +216,20 @@ class ExpertPredictor:
                 f"{path}: weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not match its metadata"
             )
         layer_ids = tuple(json.loads(meta.get("layer_ids", "[]")))
-        return cls(weight.float(), bias.float(), int(meta["top_k"]), float(meta["ridge"]), layer_ids)
+        pin_share = float(meta.get("pin_share", "1.0"))  # predictors written before the share pinned all C
+        return cls(weight.float(), bias.float(), int(meta["top_k"]), float(meta["ridge"]), layer_ids, pin_share)
+
+
+def check_pin_share(share: float) -> float:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"pin_share is the share of the C predicted experts to pin: in [0, 1], got {share}")
+    return float(share)
+
+
+def pinned_count(share: float, slots: int) -> int:
+    """How many of ``slots`` predicted experts a share pins (half-way rounds up, so a share > 0 pins ≥ 1
+    only where it is at least 1/(2C))."""
+    return min(slots, int(share * slots + 0.5))
 
 
 def rank(scores: torch.Tensor, count: int) -> list[int]:

@@ -155,7 +155,14 @@ def _serve(config: dict[str, Any], folder: Path, timeout: float) -> Iterator[str
 
 def test_multi_turn_session_against_a_solver(gateway: str) -> None:
     client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
-    assert {m.id for m in client.models.list()} == {"dense-s", "dense-m", "moe-s", "moe-f", "smollm2-135m-instruct", "auto"}
+    assert {m.id for m in client.models.list()} == {
+        "dense-s",
+        "dense-m",
+        "moe-s",
+        "moe-f",
+        "smollm2-135m-instruct",
+        "auto",
+    }
     messages = [{"role": "user", "content": "x1 = 12+30"}]
     first = client.chat.completions.with_raw_response.create(
         model="dense-s",

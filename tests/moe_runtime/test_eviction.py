@@ -93,6 +93,10 @@ def test_config_travels_through_the_environment() -> None:
     assert CacheConfig.from_env(config.to_env()) == config
     predicted = CacheConfig(slots=2, policy="predicted", predictor="/models/tuned", base="lfru")
     assert CacheConfig.from_env(predicted.to_env()) == predicted
+    shared = CacheConfig(slots=2, policy="predicted", predictor="/models/tuned", pin_share=0.25)
+    assert CacheConfig.from_env(shared.to_env()) == shared and "THRIFTY_MOE_PIN_SHARE" not in predicted.to_env()
+    with pytest.raises(ValueError, match="THRIFTY_MOE_PIN_SHARE numbers"):
+        CacheConfig.from_env(shared.to_env() | {"THRIFTY_MOE_PIN_SHARE": "half"})
     assert CacheConfig.from_env({}) is None
     assert CacheConfig.from_env({ENV_ENABLE: "0", ENV_SLOTS: "2"}) is None
     with pytest.raises(ValueError, match="needs THRIFTY_MOE_SLOTS"):

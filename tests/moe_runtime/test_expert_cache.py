@@ -264,6 +264,31 @@ def test_the_predicted_policy_pins_the_predictors_choice_at_each_prompt() -> Non
     assert sorted(cache.resident()) == [3, 4]
 
 
+def test_the_predicted_policy_pins_only_its_share_and_lets_the_base_policy_keep_the_rest() -> None:
+    # The predictor favours 5, then 2. Pinning half of C = 2 pins 5; 2 is fetched too but may be evicted.
+    favours = torch.tensor([0.0, 0, 0.5, 0, 0, 0.9])
+    for own, configured, pinned in ((0.5, None, [5]), (1.0, 0.5, [5]), (0.5, 0.0, []), (0.0, 1.0, [2, 5])):
+        predictor = LayerPredictor(torch.zeros(E, E), favours, pin_share=own)
+        config = CacheConfig(slots=2, policy="predicted", predictor="x", pin_share=configured)
+        cache = ExpertCache(_weights(), config, predictor=predictor)
+        assert sorted(cache.start_sequence([3, 2, 0, 1, 0, 0])) == pinned, (own, configured)
+        assert sorted(cache.resident()) == [2, 5] and cache.stats.prefetched == 2  # all C fetched either way
+        for token in ([3, 5], [3, 5]):
+            cached_experts_forward(cache, torch.randn(1, H), torch.tensor([token]), torch.rand(1, 2))
+        if pinned == [2, 5]:  # 3 streams past the pins every time
+            assert sorted(cache.resident()) == [2, 5] and (cache.stats.hits, cache.stats.streamed) == (2, 2)
+        elif pinned == [5]:  # 3 takes 2's slot, then hits
+            assert sorted(cache.resident()) == [3, 5] and (cache.stats.hits, cache.stats.misses) == (3, 1)
+        else:  # nothing pinned: LRU gives up 2, the one the token does not need, as with one pin
+            assert sorted(cache.resident()) == [3, 5] and (cache.stats.hits, cache.stats.misses) == (3, 1)
+    with pytest.raises(ValueError, match="pin_share must be in"):
+        CacheConfig(slots=2, policy="predicted", predictor="x", pin_share=1.5)
+    with pytest.raises(ValueError, match="pin_share is the predicted policy's setting"):
+        CacheConfig(slots=2, policy="pinned", pin_share=0.5)
+    with pytest.raises(ValueError, match="share of the C predicted experts"):
+        LayerPredictor(torch.zeros(E, E), favours, pin_share=-0.1)
+
+
 def test_the_predicted_policy_needs_its_predictor() -> None:
     with pytest.raises(ValueError, match="needs the layer's predictor"):
         ExpertCache(_weights(), CacheConfig(slots=2, policy="predicted", predictor="x"))

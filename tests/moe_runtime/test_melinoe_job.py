@@ -94,6 +94,10 @@ def test_the_artifact_holds_a_plain_model_its_predictor_and_what_it_measured(
         assert all(0.0 <= h <= 1.0 for h in metrics["hit_rate"].values())
         assert 0.0 <= metrics["predictor"]["precision"] <= 1.0 and 0.0 <= metrics["predictor"]["recall"] <= 1.0
         assert metrics["sequences"] == 6 and TOP_K <= metrics["distinct_experts"] <= EXPERTS
+        # the pin share was chosen on the validation routing: the best of the shares it replayed
+        by_share = {float(k): v for k, v in metrics["predictor"]["hit_rate_by_pin_share"].items()}
+        assert len(by_share) >= 2 and max(by_share.values()) == by_share[metrics["predictor"]["pin_share"]]
+        assert metrics["hit_rate"]["predicted"] == by_share[metrics["predictor"]["pin_share"]]
     assert set(manifest.metrics["validation_nll"]) == {"base", "tuned"}
 
     # model/ is an ordinary transformers folder of the base's architecture, nothing of LoRA left
@@ -111,6 +115,7 @@ def test_the_artifact_holds_a_plain_model_its_predictor_and_what_it_measured(
     # the predictor is the artifact's own, and the transformers conversion serves with it
     predictor = ExpertPredictor.load(artifact)
     assert (predictor.layers, predictor.experts, predictor.layer_ids) == (2, EXPERTS, (0, 1))
+    assert predictor.pin_share == manifest.metrics["tuned"]["predictor"]["pin_share"]
     prompt = torch.tensor([[5, 9, 14, 7, 3]])
     with torch.no_grad():
         expected = tuned.generate(prompt, max_new_tokens=6, do_sample=False)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor, frequencies
+from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor, frequencies, pinned_count
 from thrifty.moe_runtime.traces import TraceSequence, synthetic
 
 E, K, C = 16, 2, 4
@@ -45,6 +46,15 @@ def test_save_load_round_trip_and_refusals(tmp_path: Path) -> None:
     loaded = ExpertPredictor.load(tmp_path)
     assert torch.equal(loaded.weight, predictor.weight) and torch.equal(loaded.bias, predictor.bias)
     assert (loaded.top_k, loaded.ridge, loaded.layers, loaded.experts) == (K, 0.05, 2, E)
+    assert loaded.pin_share == 1.0 and loaded.layer(0).pin_share == 1.0  # pins all C unless told otherwise
+    replace(predictor, pin_share=0.25).save(tmp_path)
+    assert (
+        ExpertPredictor.load(tmp_path).pin_share == 0.25 and ExpertPredictor.load(tmp_path).layer(1).pin_share == 0.25
+    )
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got 2"):
+        replace(predictor, pin_share=2.0)
+    assert [pinned_count(share, 8) for share in (0.0, 0.0625, 0.125, 0.5, 1.0)] == [0, 1, 1, 4, 8]
+    assert pinned_count(0.5, 3) == 2 and pinned_count(0.1, 3) == 0
     prompt = _trace(seed=4, sequences=1)[0]
     assert loaded.predict(prompt.ids[: prompt.prefill], C) == predictor.predict(prompt.ids[: prompt.prefill], C)
     assert (

@@ -9,7 +9,7 @@ import torch
 
 from thrifty.moe_runtime import CacheConfig
 from thrifty.moe_runtime.melinoe.predictor import LayerPredictor
-from thrifty.moe_runtime.simulate import distinct_per_layer, oracle_sets, replay
+from thrifty.moe_runtime.simulate import choose_pin_share, distinct_per_layer, oracle_sets, replay
 from thrifty.moe_runtime.traces import RoutingTrace, TraceSequence
 
 E = 4
@@ -44,6 +44,19 @@ def test_the_predicted_policy_pins_the_predictors_choice_at_the_prompt() -> None
     assert (result.stats.hits, result.stats.misses, result.stats.streamed) == (3, 1, 1)
     assert result.stats.prefetched == 0  # the pins were fetched during the prompt, not while decoding
     assert result.fetches == 1
+
+
+def test_the_pin_share_is_chosen_where_the_replay_hits_most() -> None:
+    # The predictor favours 2 and 3; decoding uses 2 and then 0 again and again. Pinning both leaves 0 to
+    # stream every time (2 hits of 6); pinning 2 alone, or nothing, lets LRU keep 0 (5 of 6): the larger
+    # of the tied shares wins.
+    favours_2_and_3 = LayerPredictor(torch.zeros(E, E), torch.tensor([0.0, 0.0, 1.0, 0.5]))
+    trace = _trace(([2], [2, 0, 0, 0, 0, 2]))
+    share, rates = choose_pin_share(trace, [favours_2_and_3], 2)
+    assert rates == {0.0: 5 / 6, 0.5: 5 / 6, 1.0: 2 / 6} and share == 0.5
+    four = _trace(([2], [2, 3, 2, 3]))  # what the predictor expects: pinning everything is as good as any
+    share, rates = choose_pin_share(four, [favours_2_and_3], 2, steps=2)
+    assert set(rates) == {0.0, 0.5, 1.0} and share == 1.0 and rates[1.0] == 1.0
 
 
 def test_the_oracle_pins_what_decoding_uses_most() -> None:

@@ -231,9 +231,17 @@ def test_a_predicted_expert_cache_passes_its_predictor_and_a_missing_one_stops_t
     assert env["THRIFTY_MOE_POLICY"] == "predicted" and env["THRIFTY_MOE_PREDICTOR"] == str(artifact.resolve())
     with pytest.raises(LaunchError, match="no expert predictor at .*melinoe"):
         VllmProcess(backend, tmp_path).start()  # refused before any process starts
+    path.write_text(
+        "backends: [{name: moe, model: m, launch: {model_path: x, port: 8123,"
+        f" expert_cache: {{slots: 16, policy: predicted, predictor: {artifact}, pin_share: 0.25}}}}}}]"
+    )
+    cache = load_config(path, environ={}).backends[0].launch.expert_cache  # type: ignore[union-attr]
+    assert cache is not None and cache.cache_config().to_env()["THRIFTY_MOE_PIN_SHARE"] == "0.25"
     for policy, predictor, message in (
         ("predicted", "", "the predicted policy needs a predictor"),
         ("lru", f", predictor: {artifact}", "only it takes one"),
+        ("predicted", f", predictor: {artifact}, pin_share: 2", r"pin_share must be in \[0, 1\]"),
+        ("lru", ", pin_share: 0.5", "pin_share is the predicted policy's setting"),
     ):
         path.write_text(
             "backends: [{name: moe, model: m, launch: {model_path: x, port: 8123,"
