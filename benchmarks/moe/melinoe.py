@@ -34,7 +34,7 @@ import logging
 import re
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,14 @@ from thrifty.moe_runtime.melinoe.job import MelinoeJobOptions, run_job  # noqa: 
 from thrifty.moe_runtime.melinoe.predictor import FILE as PREDICTOR_FILE  # noqa: E402
 from thrifty.moe_runtime.melinoe.predictor import ExpertPredictor  # noqa: E402
 from thrifty.moe_runtime.melinoe.tuning import TuningSettings  # noqa: E402
-from thrifty.moe_runtime.simulate import distinct_per_layer, replay  # noqa: E402
+from thrifty.moe_runtime.simulate import choose_pin_share, distinct_per_layer, replay  # noqa: E402
 from thrifty.moe_runtime.traces import RoutingTrace  # noqa: E402
 from thrifty.server.kit.artifacts import sha256  # noqa: E402
 
 logger = logging.getLogger("melinoe-bench")
 
 POLICIES = ("lru", "lfru", "decay", "pinned", "predicted")
+PIN_ALL = "predicted, all C pinned"  # the predicted policy with pin_share 1, beside the share the job chose
 FRACTIONS = (0.125, 0.25, 0.5)
 REAL_SHAPES = {(8, 2): "mixtral-8x7b", (64, 8): "olmoe-1b-7b"}  # (E, k) → the preset of a real model's experts
 VARIANTS = {"tuned": {}, "balance": {"load_balance": True}}  # the fine-tunes: as configured, and the ablation
@@ -123,9 +124,13 @@ def hit_rates(trace: RoutingTrace, predictor: ExpertPredictor, expert_bytes: int
     for fraction in FRACTIONS:
         slots = max(1, round(trace.experts * fraction))
         row = {}
-        for policy in POLICIES:
-            config = CacheConfig(slots=slots, policy=policy, predictor="in memory" if policy == "predicted" else None)
-            result = replay(trace, config, layers if policy == "predicted" else None)
+        for policy in (*POLICIES, PIN_ALL):
+            predicted = policy in ("predicted", PIN_ALL)
+            config = CacheConfig(
+                slots=slots, policy="predicted" if predicted else policy, predictor="in memory" if predicted else None,
+                pin_share=1.0 if policy == PIN_ALL else None,
+            )  # fmt: skip
+            result = replay(trace, config, layers if predicted else None)
             row[policy] = {
                 "hit_rate": result.hit_rate,
                 "bound": result.bound,
@@ -172,9 +177,14 @@ def measure_tuned_table(args: argparse.Namespace, solver: str, model_dir: Path, 
 
 
 def vllm_check(args: argparse.Namespace, solver: str, artifact: Path, slots: int, path: Path) -> dict[str, Any]:
-    """The tuned model through the plugin (predicted, C) against plain vLLM: same greedy answers?"""
+    """The tuned model through the plugin (predicted, C) against plain vLLM: same greedy answers? Kept in
+    ``path`` for the same model, predictor and C."""
+    key = {"model": sha256(artifact / "model" / "model.safetensors"), "predictor": sha256(artifact / PREDICTOR_FILE)}
+    key |= {"slots": slots, "prompts": args.check_prompts}
     if path.is_file():
-        return dict(json.loads(path.read_text()))
+        kept = dict(json.loads(path.read_text()))
+        if kept.get("key") == key:
+            return kept
     import httpx
 
     from thrifty.server.kit.vllm import VllmLaunch, VllmServer, free_port, vllm_python
@@ -220,6 +230,7 @@ def vllm_check(args: argparse.Namespace, solver: str, artifact: Path, slots: int
         totals[name] = totals.get(name, 0.0) + float(value)
     hits, misses = totals.get("thrifty_moe_cache_hits_total", 0.0), totals.get("thrifty_moe_cache_misses_total", 0.0)
     record = {
+        "key": key,
         "prompts": len(prompts),
         "identical": sum(a == b for a, b in zip(expected, got, strict=True)),
         "slots": slots,
@@ -237,7 +248,7 @@ def throughput(
     files the trace and the predictor came from)."""
     key = {
         "sequences": args.throughput_sequences, "tokens": args.throughput_tokens, "repeats": args.repeats,
-        "device": args.device, "inputs": [sha256(p) for p in inputs],
+        "device": args.device, "inputs": [sha256(p) for p in inputs], "pin_share": predictor.pin_share,
     }  # fmt: skip
     if path.is_file():
         kept = json.loads(path.read_text())
@@ -364,7 +375,14 @@ def main() -> None:
         traces = {"base": test_trace(args, base_dir, trace_path["base"])}
         fit_path = jobs["tuned"] / "traces" / "base.fit.trace.safetensors"
         fit = RoutingTrace.load(fit_path)
-        predictors = {"base": ExpertPredictor.fit(fit.sequences, experts=fit.experts, top_k=fit.top_k)}
+        base_predictor = ExpertPredictor.fit(fit.sequences, experts=fit.experts, top_k=fit.top_k)
+        # the share of C to pin, chosen as the job chooses the tuned model's: on the held-out prompts' routing
+        share, _ = choose_pin_share(
+            RoutingTrace.load(jobs["tuned"] / "traces" / "base.validation.trace.safetensors"),
+            [base_predictor.layer(i) for i in range(base_predictor.layers)],
+            settings_for(solver, config).slots,
+        )
+        predictors = {"base": replace(base_predictor, pin_share=share)}
         predictor_source = {"base": fit_path}
         for variant, job in jobs.items():
             artifact = job / "artifact"
@@ -373,6 +391,7 @@ def main() -> None:
             predictor_source[variant] = artifact / PREDICTOR_FILE
             record["history"][variant] = json.loads((artifact / "history.json").read_text())
             record["jobs"][variant] = json.loads((artifact / "manifest.json").read_text())["metrics"]
+        record["pin_share"] = {variant: predictor.pin_share for variant, predictor in predictors.items()}
         preset, expert_bytes = expert_bytes_of(traces["base"].experts, traces["base"].top_k)
         record["real_expert"] = {"preset": preset, "bytes": expert_bytes}
         for variant, trace in traces.items():
@@ -430,15 +449,18 @@ def tables(results: dict[str, Any], rows: list[replay_bench.Row]) -> str:
         lines.append("|---|---|---|")
         for variant, d in record["distinct"].items():
             lines.append(f"| {variant} | {d['sequence']:.2f} | {d['decoding']:.2f} |")
+        shares = ", ".join(f"{variant} {share:g}" for variant, share in record["pin_share"].items())
+        lines.append(f"\npredicted pins this share of its C experts (chosen on validation routing): {shares}")
         for slots in record["hit_rates"]["base"]:
             lines.append(f"\nC = {slots} ({record['real_expert']['preset']} experts for MB/token)\n")
-            lines.append("| model | " + " | ".join(POLICIES) + " | predictor P / R |")
-            lines.append("|---|" + "---|" * (len(POLICIES) + 1))
+            shown = (*POLICIES, PIN_ALL)
+            lines.append("| model | " + " | ".join(shown) + " | predictor P / R |")
+            lines.append("|---|" + "---|" * (len(shown) + 1))
             for variant, table in record["hit_rates"].items():
                 row = table[slots]
                 cells = [
                     f"{row[p]['hit_rate']:.3f} (≤{row[p]['bound']:.2f}×, {row[p]['mb_per_token']:.0f} MB)"
-                    for p in POLICIES
+                    for p in shown
                 ]
                 q = row["predictor"]
                 lines.append(f"| {variant} | " + " | ".join(cells) + f" | {q['precision']:.3f} / {q['recall']:.3f} |")
