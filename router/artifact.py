@@ -4,9 +4,12 @@ A folder::
 
     manifest.json          kind, version, family, models, embedder identity, inputs, training, metrics,
                            and the SHA-256 of every other file; written last
-    weights.safetensors    the MLP's parameters, or the K-means centres and per-(cluster, model) means
-    embedder/              a static embedder travels with the router it was trained for (MiniLM comes
-                           from its package)
+    weights.safetensors    the MLP's parameters, the K-means centres and per-(cluster, model) means, or
+                           the ensemble's members (``mlp<i>/``, ``kmeans<j>/``, ``tasks0/``, ``constant/``)
+    embedder/              only with --copy-embedder: the static embedder's files; otherwise the manifest
+                           names the embedder by identity (kind, dimension, SHA-256) and the folder it was
+                           read from, and the gateway resolves it there or in its ``embedder_dir``
+                           (MiniLM comes from its package)
 
 Prediction here is NumPy only, so the gateway needs neither torch nor Flower: the MLP's forward pass is a
 few matrix products (the network uses the tanh form of GELU, which NumPy computes exactly as torch does).
@@ -34,7 +37,7 @@ KIND = "thrifty.router"
 VERSION = 1
 WEIGHTS = "weights.safetensors"
 EMBEDDER_DIR = "embedder"
-Family = Literal["mlp", "kmeans"]
+Family = Literal["mlp", "kmeans", "ensemble"]
 LAYER_NORM_EPS = 1e-5
 
 
@@ -71,10 +74,14 @@ class RouterManifest(Manifest):
     def _complete(self) -> RouterManifest:
         if WEIGHTS not in self.files:
             raise ValueError(f"files must list {WEIGHTS}")
-        if self.family == "mlp":
+        if self.family in ("mlp", "ensemble"):
             mean, std = self.settings.get("cost_mean"), self.settings.get("cost_std")
             if not (_finite(mean) and _finite(std) and std > 0):
                 raise ValueError("an MLP router's settings need a finite cost_mean and a cost_std > 0")
+        if self.family == "ensemble":
+            shrink = self.settings.get("shrink")
+            if not (_finite(shrink) and 0 <= shrink <= 1):
+                raise ValueError("an ensemble router's settings need a shrink in [0, 1]")
         return self
 
 
@@ -128,6 +135,71 @@ class KMeansPredictor(Predictor):
         return self.accuracy[labels], self.cost[labels]
 
 
+class TaskPredictor(Predictor):
+    """P(task | query) from linear discriminant weights, times per-(task, model) means."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        try:
+            self.weights, self.bias = arrays["weights"], arrays["bias"]
+            self.accuracy, self.cost = arrays["accuracy"], arrays["cost"]
+        except KeyError as exc:
+            raise ArtifactError(f"the task model's arrays lack {exc}") from None
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = np.asarray(x, dtype=np.float64) @ self.weights + self.bias
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        return p @ self.accuracy, p @ self.cost
+
+
+def _members(arrays: dict[str, np.ndarray], prefix: str) -> list[dict[str, np.ndarray]]:
+    """``{prefix}{i}/name`` arrays grouped by i, in order of i."""
+    groups: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        head, _, name = key.partition("/")
+        if head.startswith(prefix) and head[len(prefix) :].isdigit():
+            groups.setdefault(int(head[len(prefix) :]), {})[name] = value
+    return [groups[i] for i in sorted(groups)]
+
+
+class EnsemblePredictor(Predictor):
+    """The ensemble router (:mod:`thrifty.router.ensemble`): the mean of its components, each the mean of
+    its members, pulled toward the constant router by the artifact's shrink."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> None:
+        try:
+            self.constant = (arrays["constant/accuracy"].astype(np.float64), arrays["constant/cost"].astype(np.float64))
+        except KeyError as exc:
+            raise ArtifactError(f"the ensemble arrays lack {exc}") from None
+        self.shrink = float(settings["shrink"])
+        cost_mean, cost_std = float(settings["cost_mean"]), float(settings["cost_std"])
+        components: list[list[Predictor]] = [
+            [MlpPredictor(a, cost_mean, cost_std) for a in _members(arrays, "mlp")],
+            [KMeansPredictor(a) for a in _members(arrays, "kmeans")],
+            [TaskPredictor(a) for a in _members(arrays, "tasks")],
+        ]
+        self.components = [c for c in components if c]
+
+    def components_mean(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The unshrunk ensemble: the mean over components of each component's mean over its members."""
+        accuracy = np.zeros((len(x), len(self.constant[0])))
+        cost = np.zeros_like(accuracy)
+        for members in self.components:
+            for member in members:
+                a, c = member.predict(x)
+                accuracy += a / (len(members) * len(self.components))
+                cost += c / (len(members) * len(self.components))
+        return accuracy, cost
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acc0, cost0 = self.constant
+        if self.shrink == 0.0 or not self.components:
+            return np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1))
+        accuracy, cost = self.components_mean(x)
+        return acc0 + self.shrink * (accuracy - acc0), cost0 + self.shrink * (cost - cost0)
+
+
 @dataclass(frozen=True)
 class RouterArtifact:
     family: Family
@@ -142,6 +214,8 @@ class RouterArtifact:
     def predictor(self) -> Predictor:
         if self.family == "mlp":
             return MlpPredictor(self.arrays, float(self.settings["cost_mean"]), float(self.settings["cost_std"]))
+        if self.family == "ensemble":
+            return EnsemblePredictor(self.arrays, self.settings)
         return KMeansPredictor(self.arrays)
 
     def checked_predictor(self, dim: int) -> Predictor:
@@ -159,20 +233,28 @@ class RouterArtifact:
             )
         return predictor
 
-    def save(self, out: Path, embedder_folder: Path | None = None) -> Path:
-        """Write to ``out`` (which must not exist) through a staging folder: never a torn artifact."""
-        if self.embedder["kind"] == "static" and embedder_folder is None:
-            raise ValueError("a router trained on a static embedder must be saved with that embedder")
+    def save(self, out: Path, embedder_folder: Path | None = None, copy_embedder: bool = False) -> Path:
+        """Write to ``out`` (which must not exist) through a staging folder: never a torn artifact.
+
+        A static embedder is referenced by its identity (and hash) and the folder it was read from; with
+        ``copy_embedder`` its files travel inside the artifact instead (an artifact that stands alone).
+        """
+        embedder = {k: v for k, v in self.embedder.items() if k != "dir"}
+        if self.embedder["kind"] == "static":
+            if embedder_folder is None:
+                raise ValueError("a router trained on a static embedder must be saved with that embedder")
+            if not copy_embedder:
+                embedder["dir"] = str(embedder_folder.resolve())
         with ArtifactWriter(out, KIND, VERSION) as writer:
             save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(writer.staging / WEIGHTS))
-            if embedder_folder is not None and self.embedder["kind"] == "static":
+            if embedder_folder is not None and self.embedder["kind"] == "static" and copy_embedder:
                 shutil.copytree(embedder_folder, writer.staging / EMBEDDER_DIR)
             return writer.commit(
                 inputs=self.inputs,
                 metrics=self.metrics,
                 family=self.family,
                 models=list(self.models),
-                embedder=self.embedder,
+                embedder=embedder,
                 settings=self.settings,
                 training=self.training,
             )
@@ -201,12 +283,26 @@ def load_artifact(folder: Path) -> RouterArtifact:
     )
 
 
-def artifact_embedder(folder: Path, artifact: RouterArtifact) -> Embedder:
-    """The embedder the artifact was trained with; an EmbedderMismatch if what is here differs."""
+def artifact_embedder(folder: Path, artifact: RouterArtifact, embedder_dir: Path | None = None) -> Embedder:
+    """The embedder the artifact was trained with; an EmbedderMismatch if what is found differs.
+
+    A static embedder is looked for in the artifact's own ``embedder/`` folder, then in ``embedder_dir``
+    (the gateway's setting), then in the folder the manifest recorded at training; the first that exists
+    must have the recorded identity.
+    """
     kind = artifact.embedder.get("kind")
     embedder: Embedder
     if kind == "static":
-        embedder = StaticEmbedder(folder / EMBEDDER_DIR)
+        recorded = artifact.embedder.get("dir")
+        places = [folder / EMBEDDER_DIR, embedder_dir, Path(recorded) if isinstance(recorded, str) else None]
+        found = next((p for p in places if p is not None and (p / "model.safetensors").is_file()), None)
+        if found is None:
+            raise ArtifactError(
+                f"{folder}: its static embedder (sha256 {str(artifact.embedder.get('sha256'))[:12]}…) is neither "
+                f"inside the artifact nor at {recorded or 'a recorded folder'}: set the router's embedder_dir to a "
+                "folder that holds it, or train with --copy-embedder"
+            )
+        embedder = StaticEmbedder(found)
     elif kind in EMBEDDER_KINDS:
         embedder = load_embedder(str(kind))
     else:

@@ -53,7 +53,9 @@ class Embedder(ABC):
         return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def check(self, expected: dict[str, Any]) -> None:
-        if expected != self.identity:
+        """``expected``'s kind, dimension and hash must be this embedder's (other keys, e.g. where it was
+        found, do not matter)."""
+        if {k: expected.get(k) for k in ("kind", "dim", "sha256")} != self.identity:
             raise EmbedderMismatch(
                 f"the router was trained with embedder {expected}, but the one loaded is {self.identity}"
             )
@@ -163,28 +165,87 @@ def load_embedder(kind: str, folder: Path | None = None) -> Embedder:
     raise ValueError(f"unknown embedder kind '{kind}'; choose one of {', '.join(EMBEDDER_KINDS)}")
 
 
-def cache_file(embedder: Embedder, texts: Sequence[str], cache: Path) -> Path:
-    """Where :func:`cached_encode` keeps the vectors of ``texts`` under ``cache``."""
-    digest = hashlib.sha256(embedder.identity["sha256"].encode())
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode()).digest())
-    return cache / f"{embedder.kind}-{digest.hexdigest()[:24]}.npy"
+CACHE_ENV = "THRIFTY_EMBEDDING_CACHE"
+MAX_SHARDS = 16  # past this many files, the next write merges them into one
 
 
-def store_cached(path: Path, vectors: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial.npy")
-    np.save(staging, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
-    staging.replace(path)
+def default_cache_root() -> Path:
+    """``$THRIFTY_EMBEDDING_CACHE``, else ``$XDG_CACHE_HOME/thrifty/embeddings`` (``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "thrifty" / "embeddings"
 
 
-def cached_encode(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> np.ndarray:
-    """Encode, reusing an earlier result for the same embedder and texts (a .npy file, no pickle)."""
-    if cache is None:
-        return embedder.encode(texts)
-    path = cache_file(embedder, texts, cache)
-    if path.is_file():
-        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
-    vectors = embedder.encode(texts)
-    store_cached(path, vectors)
-    return vectors
+def _key(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+class EmbeddingCache:
+    """Vectors keyed by embedder identity and text, shared by every run that uses the same root.
+
+    One folder per embedder identity (kind, dimension, weights' hash) holds shards of (text hash,
+    vector) pairs as safetensors. A run encodes only the texts no earlier run did and adds them as a new
+    shard, written aside and renamed into place, so a crash never leaves a torn shard and runs at the
+    same time never overwrite each other's work.
+    """
+
+    def __init__(self, embedder: Embedder, root: Path | None = None) -> None:
+        identity = embedder.identity
+        self.embedder = embedder
+        self.folder = (root or default_cache_root()) / f"{identity['kind']}-{identity['dim']}-{identity['sha256'][:16]}"
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.safetensors"))
+
+    def _load(self) -> dict[bytes, np.ndarray]:
+        from safetensors.numpy import load_file
+
+        index: dict[bytes, np.ndarray] = {}
+        for shard in self._shards():
+            try:
+                arrays = load_file(str(shard))
+            except FileNotFoundError:  # merged away by another run meanwhile; its rows are in the merge
+                continue
+            for key, vector in zip(arrays["keys"], arrays["vectors"], strict=True):
+                index[key.tobytes()] = vector
+        return index
+
+    def _write(self, keys: list[bytes], vectors: np.ndarray, merged: list[Path] | None = None) -> None:
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{os.getpid()}-{hashlib.sha256(b''.join(keys)).hexdigest()[:16]}.safetensors"
+        staging = self.folder / f".{name}.partial"
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
+        save_file({"keys": key_array, "vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(staging))
+        staging.replace(self.folder / name)
+        for old in merged or []:
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32: cached rows as they are, the others encoded now and added."""
+        if not texts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        index = self._load()
+        keys = [_key(t) for t in texts]
+        missing: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key not in index:
+                missing.setdefault(key, text)
+        if missing:
+            vectors = self.embedder.encode(list(missing.values()))
+            index.update(zip(missing, vectors, strict=True))
+            shards = self._shards()
+            if len(shards) >= MAX_SHARDS:
+                everything = list(index)
+                self._write(everything, np.stack([index[k] for k in everything]), merged=shards)
+            else:
+                self._write(list(missing), vectors)
+        return np.stack([index[k] for k in keys]).astype(np.float32)
+
+
+def cached_encode(embedder: Embedder, texts: Sequence[str], cache: Path | None = None) -> np.ndarray:
+    """Encode through the shared :class:`EmbeddingCache` under ``cache`` (default: the machine's)."""
+    return EmbeddingCache(embedder, cache).encode(texts)

@@ -25,6 +25,11 @@ HEAD_LEARNING_RATE = 3e-3
 
 def add_model(folder: Path, records: list[EvalRecord], model: str, out: Path, seed: int = 0) -> Path:
     artifact = load_artifact(folder)
+    if artifact.family == "ensemble":
+        raise ValueError(
+            "an ensemble router cannot learn a model on its own (its MLP and K-means members and its shrink "
+            "were fitted together): train it again on logs that include the new model"
+        )
     if model in artifact.models:
         raise ValueError(f"the router already knows '{model}'")
     mine = [r for r in records if r.model == model]
@@ -42,7 +47,10 @@ def add_model(folder: Path, records: list[EvalRecord], model: str, out: Path, se
         metrics=artifact.metrics | {"added_models": [*artifact.metrics.get("added_models", []), model]},
         inputs=artifact.inputs | {f"calibration:{model}": {"queries": len(table)}},
     )
-    return extended.save(out, folder / "embedder" if artifact.embedder["kind"] == "static" else None)
+    if artifact.embedder["kind"] != "static":
+        return extended.save(out)
+    copied = (folder / "embedder").is_dir()  # the extended artifact keeps the source's choice
+    return extended.save(out, Path(embedder.weights).parent, copy_embedder=copied)
 
 
 def _kmeans_column(artifact: RouterArtifact, x: np.ndarray, table: OutcomeTable, seed: int) -> dict[str, np.ndarray]:

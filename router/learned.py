@@ -12,6 +12,7 @@ dropped; a reload that fails keeps the old artifact.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,9 +41,9 @@ class Loaded:
     column: dict[str, int]
 
     @classmethod
-    def read(cls, folder: Path) -> Loaded:
+    def read(cls, folder: Path, embedder_dir: Path | None = None) -> Loaded:
         artifact = load_artifact(folder)
-        embedder = artifact_embedder(folder, artifact)
+        embedder = artifact_embedder(folder, artifact, embedder_dir)
         return cls(
             artifact,
             embedder,
@@ -98,7 +99,8 @@ Lambda = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 class LearnedRouter(Router):
     """Options: ``artifact`` (folder), ``lambda`` (for ``auto``), ``presets`` ({name: λ}, served as
-    ``auto:<name>``)."""
+    ``auto:<name>``), ``embedder_dir`` (where the artifact's static embedder is, if not where it was
+    trained)."""
 
     name = "learned"
 
@@ -110,6 +112,9 @@ class LearnedRouter(Router):
         artifact: str = Field(..., min_length=1, description="the artifact folder")
         lambda_: Lambda = Field(0.0, alias="lambda", description="λ for the virtual model auto")
         presets: dict[PresetName, Lambda] | None = Field(None, description="{name: λ}, served as auto:<name>")
+        embedder_dir: str | None = Field(
+            None, min_length=1, description="a folder holding the artifact's static embedder (else the recorded one)"
+        )
 
     def __init__(self, artifact: str, presets: Mapping[str, float] | None = None, **options: Any) -> None:
         try:  # the same schema the config file is checked against
@@ -121,7 +126,8 @@ class LearnedRouter(Router):
         self.presets = {f"{AUTO}:{name}": float(lam) for name, lam in chosen.items()}
         self._virtual_models = (AUTO, *self.presets)
         try:
-            self._slot = ArtifactSlot(Path(artifact), Loaded.read)
+            folder = Path(settings.embedder_dir) if settings.embedder_dir else None
+            self._slot = ArtifactSlot(Path(artifact), functools.partial(Loaded.read, embedder_dir=folder))
         except (OSError, ValueError) as exc:  # ArtifactError and EmbedderMismatch are ValueErrors
             raise ValueError(f"router artifact {artifact}: {exc}") from None
 

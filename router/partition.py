@@ -30,8 +30,8 @@ class PartitionPlan:
             raise ValueError("clients must be ≥ 1")
         if self.task_alpha <= 0 or self.model_alpha <= 0:
             raise ValueError("Dirichlet concentrations must be > 0")
-        if not (0 < self.test_fraction < 1 and 0 <= self.validation_fraction < 1):
-            raise ValueError("test_fraction must be in (0, 1) and validation_fraction in [0, 1)")
+        if not (0 <= self.test_fraction < 1 and 0 <= self.validation_fraction < 1):
+            raise ValueError("the test and validation fractions must be in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def partition(table: OutcomeTable, plan: PartitionPlan, seed: int) -> list[Clien
         name = f"client-{number}"
         mine = table.subset(rng.permutation(rows))
         mine = replace(mine, clients=(name,) * len(mine))
-        n_test = max(1, round(len(mine) * plan.test_fraction))
+        n_test = max(1, round(len(mine) * plan.test_fraction)) if plan.test_fraction > 0 else 0
         n_validation = round((len(mine) - n_test) * plan.validation_fraction)
         preference = rng.dirichlet(np.full(len(table.models), plan.model_alpha))
         positions = np.arange(len(mine))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Annotated
 import typer
 
 from thrifty.budgeter.tab.grpo import GrpoSettings
+from thrifty.router.partition import PartitionPlan
 from thrifty.server.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -68,6 +70,9 @@ def _main(
 
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="where models and logs live")]
+
+
+_SPLIT = PartitionPlan()  # the documented defaults of a simulated split
 
 
 def _fail(message: str) -> typer.Exit:
@@ -154,75 +159,189 @@ def train_router_command(
         list[Path] | None,
         typer.Option("--data", help="evaluation log (JSONL) or the LLMRouter folder; repeatable"),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="artifact folder to create")] = Path("data/router/mlp"),
-    family: Annotated[str, typer.Option(help="mlp or kmeans")] = "mlp",
-    federated: Annotated[bool, typer.Option("--federated/--central", help="Flower federation or pooled data")] = False,
+    out: Annotated[Path, typer.Option("--out", help="artifact folder to create")] = Path("data/router/ensemble"),
+    family: Annotated[
+        str,
+        typer.Option(help="ensemble (the MLPs, K-means and task LDA averaged, anchored at model means), mlp or kmeans"),
+    ] = "ensemble",
+    federated: Annotated[
+        bool, typer.Option("--federated", help="train on Flower; organisations keep their logs")
+    ] = False,
+    central: Annotated[bool, typer.Option("--central", help="pool every organisation's cells in one party")] = False,
+    local: Annotated[bool, typer.Option("--local", help="train one organisation's own router (--client)")] = False,
+    client: Annotated[
+        str | None, typer.Option(help="--local: the organisation, e.g. client-3 or a log's client")
+    ] = None,
     clients: Annotated[int | None, typer.Option(help="simulate this many organisations (Dirichlet split)")] = None,
     clients_dir: Annotated[
         Path | None, typer.Option("--clients-dir", help="folders client-<i> with each organisation's logs")
+    ] = None,
+    test_fraction: Annotated[
+        float,
+        typer.Option("--test-fraction", min=0.0, max=0.95, help="--clients: share of each one's queries held out"),
+    ] = _SPLIT.test_fraction,
+    validation_fraction: Annotated[
+        float,
+        typer.Option("--validation-fraction", min=0.0, max=0.95, help="share of training queries kept for validation"),
+    ] = _SPLIT.validation_fraction,
+    task_alpha: Annotated[
+        float, typer.Option("--task-alpha", min=1e-6, help="--clients: Dirichlet α spreading each task over them")
+    ] = _SPLIT.task_alpha,
+    model_alpha: Annotated[
+        float, typer.Option("--model-alpha", min=1e-6, help="--clients: Dirichlet α of the models each one evaluated")
+    ] = _SPLIT.model_alpha,
+    held_out_log: Annotated[
+        Path | None,
+        typer.Option("--held-out-log", help="--clients: where the held-out queries go (default <out>-held-out.jsonl)"),
     ] = None,
     embedder: Annotated[
         str, typer.Option(help="static (fast; needs --embedder-dir), minilm or minilm-int8")
     ] = "static",
     embedder_dir: Annotated[Path | None, typer.Option("--embedder-dir", help="a static embedder's folder")] = None,
+    copy_embedder: Annotated[
+        bool, typer.Option("--copy-embedder", help="put the static embedder's files in the artifact (else a reference)")
+    ] = False,
+    embedding_cache: Annotated[
+        Path | None,
+        typer.Option("--embedding-cache", help="query vectors kept between runs (default ~/.cache/thrifty/embeddings)"),
+    ] = None,
+    keep_work: Annotated[bool, typer.Option("--keep-work", help="keep <out>.work, the organisations' folders")] = False,
     rounds: Annotated[int, typer.Option(help="MLP: federated rounds (central: rounds × local epochs)")] = 20,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="MLP: epochs per client and round")] = 2,
     fraction: Annotated[float, typer.Option(help="share of the clients that train in a round")] = 1.0,
     clusters: Annotated[str, typer.Option(help="K-means: candidate K, chosen on validation cells")] = "4,8,16,32",
     restarts: Annotated[int, typer.Option(help="K-means: clusterings per K (seeds), chosen on validation")] = 5,
+    mlp_members: Annotated[int, typer.Option("--mlp-members", min=1, help="ensemble: MLP federations averaged")] = 3,
     seed: Annotated[int, typer.Option(help="partition and training seed")] = 0,
 ) -> None:
-    """Train a router (MLP or K-means, federated on Flower or centralised) and write its artifact."""
+    """Train a router and write its artifact.
+
+    Mode: --federated (Flower; the default when the data have organisations: --clients, --clients-dir or
+    records with a client field), --central (everything pooled; the default for a plain log) or --local
+    (one organisation alone). --clients N draws N organisations from the log: each keeps --test-fraction
+    of its queries out of training (written to --held-out-log for `thrifty router evaluate`) and
+    --validation-fraction of the rest for model selection.
+    """
     from thrifty.router.embedding import EMBEDDER_KINDS, EmbedderMismatch
     from thrifty.router.eval_log import EvalLogError
     from thrifty.router.training import TrainRequest, train_router
 
-    if family not in ("mlp", "kmeans"):
-        raise _fail("--family must be mlp or kmeans")
+    if family not in ("ensemble", "mlp", "kmeans"):
+        raise _fail("--family must be ensemble, mlp or kmeans")
+    if federated + central + local > 1:
+        raise _fail("choose one of --federated, --central and --local")
+    mode = "federated" if federated else "central" if central else "local" if local else None
     if embedder not in EMBEDDER_KINDS:
         raise _fail(f"--embedder must be one of {', '.join(EMBEDDER_KINDS)}")
     if embedder == "static" and embedder_dir is None:
         raise _fail("a static embedder needs --embedder-dir (make one with `thrifty router distill-embedder`)")
     if not data and clients_dir is None:
         raise _fail("give --data (logs or the LLMRouter folder) or --clients-dir")
-    if federated:
+    if mode != "central" and mode != "local" and (clients or clients_dir):
         try:
             import flwr  # noqa: F401
         except ImportError:
             raise _fail(
                 "federated training runs on Flower, which lives in the router-training environment: "
-                "make router-env, then .venv-router/bin/thrifty train router ..."
+                "make router-env, then .venv-router/bin/thrifty train router ... (or pass --central)"
             ) from None
-    request = TrainRequest(
-        data=list(data or []),
-        out=out,
-        family=family,
-        federated=federated,
-        clients=clients,
-        clients_dir=clients_dir,
-        embedder=embedder,
-        embedder_dir=embedder_dir,
-        seed=seed,
-        settings={
-            "rounds": rounds,
-            "local_epochs": local_epochs,
-            "fraction_train": fraction,
-            "clusters": clusters,
-            "restarts": restarts,
-        },
-    )
+    try:
+        split = PartitionPlan(
+            clients=clients or 1,
+            task_alpha=task_alpha,
+            model_alpha=model_alpha,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+        )
+        request = TrainRequest(
+            data=list(data or []),
+            out=out,
+            family=family,
+            mode=mode,
+            clients=clients,
+            clients_dir=clients_dir,
+            client=client,
+            embedder=embedder,
+            embedder_dir=embedder_dir,
+            seed=seed,
+            partition=split,
+            embedding_cache=embedding_cache,
+            copy_embedder=copy_embedder,
+            held_out_log=held_out_log or out.with_name(out.name + "-held-out.jsonl"),
+            keep_work=keep_work,
+            settings={
+                "rounds": rounds,
+                "local_epochs": local_epochs,
+                "fraction_train": fraction,
+                "clusters": clusters,
+                "restarts": restarts,
+                "mlp_members": mlp_members,
+            },
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     logging.basicConfig(level=logging.WARNING)
     try:
-        path = train_router(request)
+        report = train_router(request)
     except (OSError, ValueError, EvalLogError, EmbedderMismatch, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     from thrifty.router.artifact import read_manifest
 
-    manifest = read_manifest(path)
-    typer.echo(f"router artifact: {path} ({manifest.family}, {len(manifest.models)} models)")
+    manifest = read_manifest(report.artifact)
+    details = report.data
+    if "records" in details:
+        typer.echo(
+            f"data: {details['records']} records, {details['queries']} distinct queries, {details['cells']} "
+            f"(query, model) cells; {details['repeated_cells_averaged']} records repeated a cell and were averaged"
+            " into it"
+        )
+    if details.get("queries_without_client_left_out"):
+        typer.echo(f"  {details['queries_without_client_left_out']} queries name no client and were left out")
+    typer.echo(f"mode: {report.mode}, {report.organisations} organisation(s)")
+    if report.held_out_log is not None:
+        typer.echo(
+            f"held out: {report.held_out_queries} queries ({test_fraction:.0%} of each organisation's) → "
+            f"{report.held_out_log}; score the router on them with `thrifty router evaluate --artifact "
+            f"{report.artifact} --data {report.held_out_log}`"
+        )
+    typer.echo(f"router artifact: {report.artifact} ({manifest.family}, {len(manifest.models)} models)")
     for key, value in manifest.metrics.items():
-        if not isinstance(value, (list, dict)):
+        if not isinstance(value, (list, dict)) and key != "verdict":
             typer.echo(f"  {key}: {value}")
+    if "verdict" in manifest.metrics:
+        typer.echo(f"verdict: {manifest.metrics['verdict']}")
+
+
+@router_app.command("evaluate")
+def router_evaluate(
+    artifact: Annotated[Path, typer.Option("--artifact", help="the router artifact folder")],
+    data: Annotated[list[Path], typer.Option("--data", help="evaluation log (JSONL) or LLMRouter folder to score on")],
+    train: Annotated[
+        list[Path] | None,
+        typer.Option("--train", help="the training logs, to fit the feature-free baselines on (else this log)"),
+    ] = None,
+    embedder_dir: Annotated[
+        Path | None, typer.Option("--embedder-dir", help="where the artifact's static embedder is, if moved")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the accuracy–cost curves here (PNG)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the numbers here")] = None,
+) -> None:
+    """Score a router on a log: normalised AUC, accuracy at the cost of each Pareto model, and the
+    feature-free baselines (model means, task means, always-best, always-cheapest, random, oracle)."""
+    from thrifty.router.eval_log import EvalLogError
+    from thrifty.router.scorecard import score_artifact
+
+    try:
+        card = score_artifact(artifact, data, train, embedder_dir)
+    except (OSError, ValueError, EvalLogError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(card.text())
+    if plot is not None:
+        card.plot(plot)
+        typer.echo(f"curves: {plot}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(card.to_json(), indent=1))
+        typer.echo(f"numbers: {json_out}")
 
 
 @router_app.command("distill-embedder")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.artifact import RouterArtifact, load_artifact
-from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, cache_file, cached_encode, load_embedder, store_cached
+from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, cached_encode, load_embedder
 from thrifty.router.evaluation import (
     Curve,
     accuracy_at_cost,
@@ -37,14 +37,14 @@ from thrifty.router.evaluation import (
     sweep,
     task_predictions,
 )
-from thrifty.router.federated.local import CACHE_DIR
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.federated.simulation import simulate
 from thrifty.router.outcomes import OutcomeTable, concat
-from thrifty.router.partition import ClientData, PartitionPlan, partition
+from thrifty.router.partition import PartitionPlan, partition
 from thrifty.router.training import Pooled, central_artifact, load_outcomes, write_clients
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+FAMILIES = ("ensemble", "mlp", "kmeans")
 
 
 class Vectors:
@@ -60,13 +60,6 @@ class Vectors:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         return np.stack([self.row[q] for q in table.queries])
 
-    def seed_client_caches(self, clients: list[ClientData], folder: Path) -> None:
-        """Give each simulated client the vectors it would compute itself (saves re-encoding per seed)."""
-        for i, client in enumerate(clients):
-            cache = folder / f"client-{i}" / CACHE_DIR
-            for part in (client.train, client.validation):
-                store_cached(cache_file(self.embedder, part.queries, cache), self(part))
-
 
 def full_cells(table: OutcomeTable, truth: dict[str, int], full: OutcomeTable) -> OutcomeTable:
     """The same queries with every model's outcome (the 'centralised, all cells' upper reference)."""
@@ -81,7 +74,6 @@ def run_seed(
     work = args.work / f"seed-{seed}"
     shutil.rmtree(work, ignore_errors=True)
     write_clients(clients, work / "clients")
-    vectors.seed_client_caches(clients, work / "clients")
     test = concat([c.test for c in clients])
     x_test = vectors(test)
     lambdas = lambda_grid(test)
@@ -109,7 +101,7 @@ def run_seed(
         predictors[name] = artifact.predictor().predict
         selection[name] = {k: v for k, v in artifact.metrics.items() if not k.endswith("by_round")}
 
-    for family in ("mlp", "kmeans"):
+    for family in FAMILIES:
         plan = FederatedPlan(
             **(
                 fed.settings()
@@ -171,10 +163,17 @@ def run_seed(
                 "models_evaluated": int((client.train.observed.sum(0) > 0).sum()),
                 **{
                     name: normalized_auc(own[name], lo, hi)
-                    for name in ("federated mlp", "federated kmeans", "central sparse mlp", "per-task means", "oracle")
+                    for name in (
+                        "federated ensemble",
+                        "federated mlp",
+                        "federated kmeans",
+                        "central sparse mlp",
+                        "per-task means",
+                        "per-model means",
+                        "oracle",
+                    )
                 },
-                "local mlp": normalized_auc(own[f"local mlp {i}"], lo, hi),
-                "local kmeans": normalized_auc(own[f"local kmeans {i}"], lo, hi),
+                **{f"local {f}": normalized_auc(own[f"local {f} {i}"], lo, hi) for f in FAMILIES},
             }
         )
     return {
@@ -198,9 +197,11 @@ def summarise(results: list[dict[str, Any]], clients: int) -> dict[str, dict[str
     for r in results:
         for key in ("auc", "accuracy_at_middle_cost"):
             values = r[key]
-            for family in ("mlp", "kmeans"):
+            for family in FAMILIES:
                 local = [values[f"local {family} {i}"] for i in range(clients)]
                 values = values | {f"best local {family}": max(local), f"mean local {family}": float(np.mean(local))}
+            every = [values[f"local {f} {i}"] for f in FAMILIES for i in range(clients)]
+            values = values | {"best local (any family)": max(every)}
             for name, value in values.items():
                 if name.startswith("local "):
                     continue
@@ -215,6 +216,11 @@ def summarise(results: list[dict[str, Any]], clients: int) -> dict[str, dict[str
 
 ORDER = [
     "oracle",
+    "central all-cells ensemble",
+    "central sparse ensemble",
+    "federated ensemble",
+    "best local ensemble",
+    "mean local ensemble",
     "central all-cells mlp",
     "central all-cells kmeans",
     "central sparse mlp",
@@ -225,6 +231,7 @@ ORDER = [
     "best local kmeans",
     "mean local mlp",
     "mean local kmeans",
+    "best local (any family)",
     "per-task means",
     "per-model means",
     "always-best",
@@ -243,8 +250,38 @@ def table_text(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def targets_text(results: list[dict[str, Any]]) -> str:
+    """Issue 19's bars for the federated ensemble, seed by seed and on average."""
+    fed = np.array([r["auc"]["federated ensemble"] for r in results])
+    constant = np.array([r["auc"]["per-model means"] for r in results])
+    task = np.array([r["auc"]["per-task means"] for r in results])
+    local = np.array(
+        [max(r["auc"][k] for k in r["auc"] if k.startswith("local ") and k[-1].isdigit()) for r in results]
+    )
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    rows = [
+        ("≥ per-model means on every seed", fed - constant, bool((fed >= constant).all())),
+        ("≥ per-task means on average", fed - task, bool(fed.mean() >= task.mean())),
+        ("≥ best client-local router (any family) + 0.02", fed - local - 0.02, bool(fed.mean() >= local.mean() + 0.02)),
+    ]
+    lines = [f"| target (seeds {seeds}) | margin per seed | holds? |", "|---|---|---|"]
+    for name, margin, holds in rows:
+        lines.append(f"| {name} | {', '.join(f'{m:+.3f}' for m in margin)} | {'yes' if holds else '**no**'} |")
+    return "\n".join(lines)
+
+
 def client_table(results: list[dict[str, Any]]) -> str:
-    names = ["federated mlp", "local mlp", "federated kmeans", "local kmeans", "per-task means", "oracle"]
+    names = [
+        "federated ensemble",
+        "local ensemble",
+        "federated mlp",
+        "local mlp",
+        "federated kmeans",
+        "local kmeans",
+        "per-task means",
+        "per-model means",
+        "oracle",
+    ]
     lines = [
         "| client | train cells | models evaluated | " + " | ".join(names) + " |",
         "|---|---|---|" + "---|" * len(names),
@@ -254,13 +291,14 @@ def client_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['client']} | {row['train_cells']} | {row['models_evaluated']} | {cells} |")
     wins = {
         family: sum(r[f"federated {family}"] >= r[f"local {family}"] for res in results for r in res["per_client"])
-        for family in ("mlp", "kmeans")
+        for family in FAMILIES
     }
     total = sum(len(res["per_client"]) for res in results)
     lines.append("")
     lines.append(
         f"Over all seeds, the federated router is at least as good as the client's own on its own test set for "
-        f"{wins['mlp']}/{total} clients (MLP) and {wins['kmeans']}/{total} (K-means)."
+        f"{wins['ensemble']}/{total} clients (ensemble), {wins['mlp']}/{total} (MLP) and {wins['kmeans']}/{total} "
+        "(K-means)."
     )
     return "\n".join(lines)
 
@@ -275,6 +313,7 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, float]], re
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name in (
         "oracle",
+        "federated ensemble",
         "central all-cells mlp",
         "central sparse mlp",
         "federated mlp",
@@ -284,9 +323,11 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, float]], re
     ):
         c = first["curves"][name]
         ax.plot(np.array(c["cost"]) * 1e6, c["accuracy"], label=name, marker=".", markersize=3)
-    best_local = max(range(len(first["per_client"])), key=lambda i: first["auc"][f"local mlp {i}"])
-    c = first["curves"][f"local mlp {best_local}"]
-    ax.plot(np.array(c["cost"]) * 1e6, c["accuracy"], label=f"best local mlp (client-{best_local})", linestyle="--")
+    best_local = max(range(len(first["per_client"])), key=lambda i: first["auc"][f"local ensemble {i}"])
+    c = first["curves"][f"local ensemble {best_local}"]
+    ax.plot(
+        np.array(c["cost"]) * 1e6, c["accuracy"], label=f"best local ensemble (client-{best_local})", linestyle="--"
+    )
     for name, (cost, acc) in first["points"].items():
         ax.scatter([cost * 1e6], [acc], marker="x", s=50, label=name, zorder=5)
     ax.set_xscale("log")
@@ -341,6 +382,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         embedder=args.embedder,
         embedder_dir=str(args.embedder_dir or ""),
+        embedding_cache=str(args.work / "embeddings"),  # clients find the vectors Vectors computed
         min_clients=args.clients,
     )
     results = []
@@ -357,6 +399,8 @@ def main() -> None:
     )
     plot(results, summary, args.report)
     print(table_text(summary))
+    print()
+    print(targets_text(results))
     print()
     print(client_table(results))
 

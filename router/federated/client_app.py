@@ -4,11 +4,14 @@ Where a client's data lives: ``data-dir`` in the node's config (``flower-superno
 'data-dir="/srv/logs"'``), or, in simulation, ``client-<partition-id>`` under the ``clients-dir`` the
 server names. ``embedder-dir`` in the node's config points at this organisation's copy of a static
 embedder; its identity must match the one the server names, or the client refuses to train.
+``embedding-cache`` (node config, else the server's run config, else ``$THRIFTY_EMBEDDING_CACHE`` or
+``~/.cache/thrifty/embeddings``) is where its query vectors are kept between runs.
 
 Messages it answers:
 - ``query.describe``: models evaluated (with cell counts), log-cost moments, a digest of the logs.
 - ``train`` / ``evaluate``: the MLP router's local epochs / validation loss (FedAvg).
 - ``query.centroids``, ``query.cells``, ``query.validate``: the K-means router's passes.
+- ``query.tasks``, ``query.ensemble``: the ensemble's task sums, and its validation error per shrink.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ def _embedder(context: Context, config: ConfigRecord) -> Embedder:
 
 def _data(context: Context, config: ConfigRecord) -> local.LocalData:
     models = tuple(str(m) for m in config["models"])  # type: ignore[union-attr]
-    return local.load_local(data_dir(context, config), models, _embedder(context, config))
+    cache = str(context.node_config.get("embedding-cache", config.get("embedding-cache", "")))
+    return local.load_local(
+        data_dir(context, config), models, _embedder(context, config), Path(cache) if cache else None
+    )
 
 
 def _reply(message: Message, **records: ArrayRecord | MetricRecord | ConfigRecord) -> Message:
@@ -72,6 +78,8 @@ def describe(message: Message, context: Context) -> Message:
         metrics=MetricRecord(
             {
                 "cells": info["cells"],
+                "score-sums": info["score-sums"],
+                "cost-sums": info["cost-sums"],
                 "cost-count": info["cost-count"],
                 "cost-sum": info["cost-sum"],
                 "cost-sum-sq": info["cost-sum-sq"],
@@ -153,3 +161,39 @@ def validate(message: Message, context: Context) -> Message:
         errors[f"{name}/error"] = error
         errors[f"{name}/count"] = count
     return _reply(message, metrics=MetricRecord(errors))
+
+
+@app.query("tasks")
+def tasks(message: Message, context: Context) -> Message:
+    data = _data(context, _config(message))
+    stats = local.task_stats(data)
+    arrays = {
+        "queries": stats.queries,
+        "x-sum": stats.x_sum,
+        "scatter": stats.scatter,
+        "score-sum": stats.score_sum,
+        "cost-sum": stats.cost_sum,
+        "count": stats.count,
+    }
+    return _reply(message, info=ConfigRecord({"names": list(stats.names)}), stats=_arrays(arrays))
+
+
+@app.query("ensemble")
+def ensemble(message: Message, context: Context) -> Message:
+    config = _config(message)
+    data = _data(context, config)
+    settings = {"cost_mean": float(config["cost-mean"]), "cost_std": float(config["cost-std"])}
+    names = [str(n) for n in config.get("task-names", [])]  # type: ignore[union-attr]
+    lookup = _numpy(message.content.array_records["lookup"])["accuracy"]
+    errors = local.ensemble_validation(data, _numpy(message.content.array_records["arrays"]), settings, names, lookup)
+    return _reply(
+        message,
+        metrics=MetricRecord(
+            {
+                "by-shrink": errors.by_shrink.tolist(),
+                "gain-sq": errors.gain_sq.tolist(),
+                "per-task": errors.per_task,
+                "count": errors.count,
+            }
+        ),
+    )

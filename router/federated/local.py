@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
+from thrifty.router.ensemble import ShrinkErrors, TaskStats, shrink_errors
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
@@ -27,7 +28,6 @@ from thrifty.server.kit.artifacts import sha256
 TRAIN_LOG = "train.jsonl"
 VALIDATION_LOG = "validation.jsonl"
 HELD_OUT = 0.15  # share of training queries held out when a client has no validation log
-CACHE_DIR = ".embeddings"
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,16 @@ def describe(folder: Path) -> dict[str, Any]:
     for record in train:
         models[record.model] = models.get(record.model, 0) + 1
     logs = np.log(np.array([r.cost for r in train]) + 1e-12)
+    score_sums: dict[str, float] = {}
+    cost_sums: dict[str, float] = {}
+    for record in train:
+        score_sums[record.model] = score_sums.get(record.model, 0.0) + record.score
+        cost_sums[record.model] = cost_sums.get(record.model, 0.0) + record.cost
     return {
         "models": sorted(models),
         "cells": [models[m] for m in sorted(models)],
+        "score-sums": [score_sums[m] for m in sorted(models)],
+        "cost-sums": [cost_sums[m] for m in sorted(models)],
         "cost-count": float(len(logs)),
         "cost-sum": float(logs.sum()),
         "cost-sum-sq": float((logs**2).sum()),
@@ -92,13 +99,14 @@ def embedder_for(kind: str, folder: str) -> Embedder:
     return _embedders[key]
 
 
-def load_local(folder: Path, models: tuple[str, ...], embedder: Embedder) -> LocalData:
+def load_local(folder: Path, models: tuple[str, ...], embedder: Embedder, cache: Path | None = None) -> LocalData:
+    """This client's logs over ``models``, embedded through the shared cache under ``cache`` (default: the
+    machine's, :func:`~thrifty.router.embedding.default_cache_root`)."""
     key = (str(folder.resolve()), models, embedder.kind, embedder.identity["sha256"])
     if key not in _loaded:
         train_records, validation_records, digest = read_logs(folder)
         train = OutcomeTable.from_records(train_records, models)
         validation = OutcomeTable.from_records(validation_records, models)
-        cache = folder / CACHE_DIR
         _loaded[key] = LocalData(
             folder=folder,
             train=train,
@@ -196,3 +204,31 @@ def mlp_validation(data: LocalData, spec: MlpRound, arrays: dict[str, np.ndarray
     if targets.cells == 0:
         return 0.0, 0
     return evaluate_loss(_net(data, spec, arrays), targets, _plan(spec)), targets.cells
+
+
+# --- ensemble ------------------------------------------------------------------------------------------
+
+
+def task_stats(data: LocalData) -> TaskStats:
+    """Per task label: query counts, Σ embedding, Σ x·xᵀ and per-(task, model) cell sums (no queries)."""
+    return TaskStats.collect(data.x_train, data.train)
+
+
+def ensemble_validation(
+    data: LocalData,
+    arrays: dict[str, np.ndarray],
+    settings: dict[str, Any],
+    task_names: list[str],
+    task_accuracy: np.ndarray,
+) -> ShrinkErrors:
+    """The ensemble's squared error on this client's validation cells for every shrink, and the per-task
+    baseline's (with the federation's per-task means)."""
+    from thrifty.router.artifact import EnsemblePredictor
+
+    predictor = EnsemblePredictor(arrays, settings | {"shrink": 1.0})
+    constant = predictor.constant[0]
+    if len(data.validation) == 0:
+        return ShrinkErrors.zero()
+    ensemble = predictor.components_mean(data.x_validation)[0]
+    lookup = {name: (task_accuracy[i], constant) for i, name in enumerate(task_names)} or None
+    return shrink_errors(ensemble, constant, data.validation, lookup)

@@ -10,7 +10,7 @@ from thrifty.router.embedding import EMBEDDER_KINDS
 
 @dataclass(frozen=True, slots=True)
 class FederatedPlan:
-    family: str = "mlp"  # mlp | kmeans
+    family: str = "ensemble"  # ensemble | mlp | kmeans
     rounds: int = 20  # MLP: FedAvg rounds; the round with the lowest federated validation loss is kept
     local_epochs: int = 2
     fraction_train: float = 1.0  # share of the clients that train in a round
@@ -25,17 +25,23 @@ class FederatedPlan:
     local_clusters: int = 16  # K-means: each client's own centroids in pass 1
     restarts: int = 5  # K-means: the server's clusterings per K (other seeds); validation picks one
     prior_weight: float = 2.0  # K-means: pseudo-cells shrinking a cell's means toward the model's
+    mlp_members: int = 3  # ensemble: MLP federations from different seeds, their predictions averaged
+    task_shrinkage: float = 0.1  # ensemble: covariance shrinkage of the task LDA (logs with task labels)
     seed: int = 0
     embedder: str = "static"  # static | minilm | minilm-int8
     embedder_dir: str = ""  # a static embedder's folder (on the server, and by default on clients)
+    embedding_cache: str = ""  # where clients keep query vectors between runs ("" → the machine's default)
     clients_dir: str = ""  # simulation: client-<partition-id> folders; nodes with a data-dir ignore it
     out: str = ""  # where the server writes the artifact
+    copy_embedder: bool = False  # a static embedder's files inside the artifact (else referenced by identity)
     data_sha256: str = ""  # simulation: a digest of the data the clients were drawn from (for the manifest)
     timeout: float = 900.0  # seconds to wait for clients' replies in one step
 
     def __post_init__(self) -> None:
-        if self.family not in ("mlp", "kmeans"):
-            raise ValueError(f"family must be mlp or kmeans, not '{self.family}'")
+        if self.family not in ("ensemble", "mlp", "kmeans"):
+            raise ValueError(f"family must be ensemble, mlp or kmeans, not '{self.family}'")
+        if self.mlp_members < 1 or not 0 <= self.task_shrinkage <= 1:
+            raise ValueError("mlp-members must be ≥ 1 and task-shrinkage in [0, 1]")
         if self.embedder not in EMBEDDER_KINDS:
             raise ValueError(f"embedder must be one of {', '.join(EMBEDDER_KINDS)}, not '{self.embedder}'")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_clients < 1 or self.restarts < 1:
@@ -62,7 +68,12 @@ class FederatedPlan:
             if name not in names:
                 raise ValueError(f"unknown router training setting '{key}'")
             kind = type(getattr(cls(), name))
-            values[name] = kind(value)
+            if kind is bool and isinstance(value, str):  # bool("false") would be True
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"'{key}' must be true or false, not '{value}'")
+                values[name] = value.lower() in ("true", "1")
+            else:
+                values[name] = kind(value)
         return cls(**(values | overrides))
 
     def settings(self) -> dict[str, Any]:

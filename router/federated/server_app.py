@@ -8,6 +8,9 @@
    K-means: pass 1 collects clients' centroids and sizes; the server clusters them (weighted) into K
    global centres for each candidate K; pass 2 collects per-(cluster, model) sums and counts; the K whose
    model has the lowest squared error on the clients' validation cells is kept.
+   Ensemble (:mod:`thrifty.router.ensemble`): several MLP federations, every K-means candidate, the
+   clients' per-task sums for the task LDA; then the clients score the ensemble's shrinks toward the
+   model averages on their validation cells, and the best is kept.
 3. The artifact goes to ``out`` with the training history in its manifest.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,17 @@ from flwr.serverapp.strategy import FedAvg
 
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, load_embedder
+from thrifty.router.ensemble import (
+    ModelStats,
+    ShrinkErrors,
+    TaskStats,
+    choose_shrink,
+    ensemble_arrays,
+    fit_tasks,
+    lookup_arrays,
+    task_lookup,
+    verdict,
+)
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.kmeans import CellStats, KMeansRouterModel, kmeans
 
@@ -77,6 +92,7 @@ def _common_config(plan: FederatedPlan, models: list[str], embedder: Embedder) -
         "embedder-sha256": identity["sha256"],
         "embedder-dir": plan.embedder_dir,
         "clients-dir": plan.clients_dir,
+        "embedding-cache": plan.embedding_cache,
         "seed": plan.seed,
     }
 
@@ -163,9 +179,11 @@ def train_mlp(
     return arrays, settings, metrics
 
 
-def train_kmeans(
+def kmeans_candidates(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
-) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, KMeansRouterModel], dict[str, tuple[int, int]], dict[str, float]]:
+    """Both K-means passes and the validation pass for every candidate (K, restart): the fitted models,
+    their (K, restart) and their validation squared error."""
     config = ConfigRecord(_common_config(plan, models, embedder) | {"local-k": plan.local_clusters})
     # Pass 1: clients' own centroids and sizes.
     replies = ask(grid, nodes, "centroids", plan, config=config)
@@ -200,10 +218,19 @@ def train_kmeans(
     count = {n: sum(float(r.content.metric_records["metrics"][f"{n}/count"]) for r in replies) for n in fitted}
     if min(count.values()) == 0:
         raise FederationError("no client has validation cells to choose K with")
-    loss = {n: error[n] / count[n] for n in fitted}
-    best = min(fitted, key=lambda n: (loss[n], choices[n]))
-    model = fitted[best]
+    return fitted, choices, {n: error[n] / count[n] for n in fitted}
+
+
+def _kmeans_arrays(model: KMeansRouterModel) -> dict[str, np.ndarray]:
     arrays = {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+
+
+def train_kmeans(
+    grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    fitted, choices, loss = kmeans_candidates(grid, plan, nodes, models, embedder)
+    best = min(fitted, key=lambda n: (loss[n], choices[n]))
     k, restart = choices[best]
     settings = {"clusters": k, "prior_weight": plan.prior_weight}
     metrics = {
@@ -214,7 +241,86 @@ def train_kmeans(
             str(c): min(loss[n] for n in loss if choices[n][0] == c) for c in plan.candidate_clusters
         },
     }
-    return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, settings, metrics
+    return _kmeans_arrays(fitted[best]), settings, metrics
+
+
+def federated_tasks(
+    grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
+) -> TaskStats:
+    """The clients' per-task sums, added up (no task at all when the logs carry no labels)."""
+    config = ConfigRecord(_common_config(plan, models, embedder))
+    total = TaskStats.empty((), embedder.dim, len(models))
+    for reply in ask(grid, nodes, "tasks", plan, config=config):
+        record = reply.content.array_records["stats"]
+        names = [str(n) for n in reply.content.config_records["info"]["names"]]  # type: ignore[union-attr]
+        part = TaskStats(
+            tuple(names),
+            record["queries"].numpy(),
+            record["x-sum"].numpy(),
+            record["scatter"].numpy(),
+            record["score-sum"].numpy(),
+            record["cost-sum"].numpy(),
+            record["count"].numpy(),
+        )
+        total = total + part
+    return total
+
+
+def train_ensemble(
+    grid: Grid,
+    plan: FederatedPlan,
+    nodes: list[int],
+    models: list[str],
+    embedder: Embedder,
+    moments: np.ndarray,
+    constant: ModelStats,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Every component federated as its family is, then the shrink chosen on the clients' validation cells."""
+    mlps, rounds = [], []
+    for member in range(plan.mlp_members):
+        arrays, settings, metrics = train_mlp(
+            grid, replace(plan, seed=plan.seed + 1000 * member), nodes, models, embedder, moments
+        )
+        mlps.append(arrays)
+        rounds.append(metrics["selected_round"])
+    fitted, _, _ = kmeans_candidates(grid, plan, nodes, models, embedder)
+    task_stats = federated_tasks(grid, plan, nodes, models, embedder)
+    tasks = fit_tasks(task_stats, constant, plan.task_shrinkage)
+    arrays = ensemble_arrays(constant, mlps, [_kmeans_arrays(m) for m in fitted.values()], tasks)
+    lookup = task_lookup(task_stats, constant) if tasks is not None else {}
+    names, table = lookup_arrays(lookup)
+    config = ConfigRecord(
+        _common_config(plan, models, embedder)
+        | {"cost-mean": settings["cost_mean"], "cost-std": settings["cost_std"], "task-names": names}
+    )
+    replies = ask(
+        grid,
+        nodes,
+        "ensemble",
+        plan,
+        config=config,
+        arrays=ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+        lookup=ArrayRecord({"accuracy": Array(np.asarray(table, dtype=np.float64))}),
+    )
+    errors = ShrinkErrors.zero()
+    for reply in replies:
+        numbers = reply.content.metric_records["metrics"]
+        errors = errors + ShrinkErrors(
+            np.array(numbers["by-shrink"], dtype=np.float64),
+            np.array(numbers["gain-sq"], dtype=np.float64),
+            float(numbers["per-task"]),  # type: ignore[arg-type]
+            float(numbers["count"]),  # type: ignore[arg-type]
+        )
+    if not lookup:
+        errors = replace(errors, per_task=float("nan"))
+    shrink, report = choose_shrink(errors)
+    metrics = report | {
+        "mlp_selected_rounds": rounds,
+        "kmeans_members": len(fitted),
+        "task_labels": list(task_stats.names) if tasks is not None else [],
+        "verdict": verdict(report),
+    }
+    return arrays, settings | {"shrink": shrink}, metrics
 
 
 def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
@@ -227,12 +333,18 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
     nodes = _wait_for_nodes(grid, plan)
     replies = ask(grid, nodes, "describe", plan, config=ConfigRecord({"clients-dir": plan.clients_dir}))
     cells: dict[str, float] = {}
+    score_sums: dict[str, float] = {}
+    cost_sums: dict[str, float] = {}
     moments = np.zeros(3)
     digests = []
     for reply in replies:
         info, numbers = reply.content.config_records["info"], reply.content.metric_records["metrics"]
-        for model, count in zip(info["models"], numbers["cells"], strict=True):  # type: ignore[arg-type]
+        for model, count, score, cost in zip(  # type: ignore[call-overload]
+            info["models"], numbers["cells"], numbers["score-sums"], numbers["cost-sums"], strict=True
+        ):
             cells[str(model)] = cells.get(str(model), 0) + float(count)
+            score_sums[str(model)] = score_sums.get(str(model), 0.0) + float(score)
+            cost_sums[str(model)] = cost_sums.get(str(model), 0.0) + float(cost)
         moments += [float(numbers["cost-count"]), float(numbers["cost-sum"]), float(numbers["cost-sum-sq"])]
         digests.append(str(info["digest"]))
     # From here on, clients are taken in the order of their logs' digests (node ids change between runs).
@@ -241,12 +353,19 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
     if not models:
         raise FederationError("the clients' logs hold no observed cells")
     logger.info("federation: %d clients, %d models, %d observed cells", len(nodes), len(models), moments[0])
-    if plan.family == "mlp":
+    if plan.family == "ensemble":
+        constant = ModelStats(
+            np.array([score_sums[m] for m in models]),
+            np.array([cost_sums[m] for m in models]),
+            np.array([cells[m] for m in models]),
+        )
+        arrays, settings, metrics = train_ensemble(grid, plan, nodes, models, embedder, moments, constant)
+    elif plan.family == "mlp":
         arrays, settings, metrics = train_mlp(grid, plan, nodes, models, embedder, moments)
     else:
         arrays, settings, metrics = train_kmeans(grid, plan, nodes, models, embedder)
     artifact = RouterArtifact(
-        family="mlp" if plan.family == "mlp" else "kmeans",
+        family="ensemble" if plan.family == "ensemble" else "mlp" if plan.family == "mlp" else "kmeans",
         models=tuple(models),
         embedder=embedder.identity,
         arrays=arrays,
@@ -258,10 +377,15 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
             "data_sha256": plan.data_sha256,
         },
         training={"federated": True}
-        | {k: v for k, v in plan.to_run_config().items() if k not in ("out", "clients-dir", "data-sha256")},
+        | {
+            k: v
+            for k, v in plan.to_run_config().items()
+            if k not in ("out", "clients-dir", "data-sha256", "embedding-cache")
+        },
         metrics=metrics,
     )
-    return artifact.save(out, Path(plan.embedder_dir) if plan.embedder == "static" else None)
+    embedder_folder = Path(plan.embedder_dir) if plan.embedder == "static" else None
+    return artifact.save(out, embedder_folder, copy_embedder=plan.copy_embedder)
 
 
 def make_server_app(**overrides: Any) -> ServerApp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,36 @@ def test_kmeans_artifact_round_trip_with_its_embedder(tmp_path: Path) -> None:
     loaded = load_artifact(tmp_path / "r")
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["kind"] == "thrifty.router" and manifest["models"] == ["big", "small"]
-    assert "embedder/model.safetensors" in manifest["files"]
-    travelled = artifact_embedder(tmp_path / "r", loaded)  # the copy inside the artifact, checked
-    accuracy, _ = loaded.predictor().predict(travelled.encode([MATH, POEM]))
+    # The embedder is referenced (identity, hash and folder), not copied: 17 MB saved per artifact.
+    assert not (tmp_path / "r" / "embedder").exists()
+    assert manifest["embedder"]["dir"] == str((tmp_path / "emb").resolve())
+    assert manifest["embedder"]["sha256"] == embedder.identity["sha256"]
+    found = artifact_embedder(tmp_path / "r", loaded)
+    accuracy, _ = loaded.predictor().predict(found.encode([MATH, POEM]))
     np.testing.assert_allclose(accuracy, [[0.9, 0.2], [0.85, 0.8]], rtol=1e-6)
+
+
+def test_a_referenced_embedder_is_found_where_the_gateway_says_and_checked(tmp_path: Path) -> None:
+    embedder = tiny_static_embedder(tmp_path / "emb")
+    two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    shutil.move(tmp_path / "emb", tmp_path / "moved")
+    with pytest.raises(ArtifactError, match="neither inside the artifact nor at .*embedder_dir"):
+        artifact_embedder(tmp_path / "r", load_artifact(tmp_path / "r"))
+    assert artifact_embedder(tmp_path / "r", load_artifact(tmp_path / "r"), tmp_path / "moved").dim == embedder.dim
+    tiny_static_embedder(tmp_path / "other", seed=1)  # same shape, other weights: refused
+    with pytest.raises(EmbedderMismatch, match="trained with embedder"):
+        artifact_embedder(tmp_path / "r", load_artifact(tmp_path / "r"), tmp_path / "other")
+
+
+def test_copy_embedder_makes_an_artifact_that_stands_alone(tmp_path: Path) -> None:
+    embedder = tiny_static_embedder(tmp_path / "emb")
+    artifact = two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    artifact.save(tmp_path / "alone", tmp_path / "emb", copy_embedder=True)
+    manifest = json.loads((tmp_path / "alone" / "manifest.json").read_text())
+    assert "embedder/model.safetensors" in manifest["files"] and "dir" not in manifest["embedder"]
+    shutil.rmtree(tmp_path / "emb")
+    travelled = artifact_embedder(tmp_path / "alone", load_artifact(tmp_path / "alone"))
+    assert travelled.encode([MATH]).shape == (1, embedder.dim)
 
 
 def test_tampered_or_incomplete_artifacts_are_refused(tmp_path: Path) -> None:
@@ -64,16 +91,17 @@ def test_tampered_or_incomplete_artifacts_are_refused(tmp_path: Path) -> None:
 
 def test_an_artifact_with_another_embedder_is_an_error(tmp_path: Path) -> None:
     embedder = tiny_static_embedder(tmp_path / "emb", seed=0)
-    two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
+    artifact = two_topic_artifact(tmp_path / "r", embedder, tmp_path / "emb")
     other = tiny_static_embedder(tmp_path / "other", seed=1)
     with pytest.raises(EmbedderMismatch, match="trained with embedder"):
         other.check(load_artifact(tmp_path / "r").embedder)
-    # Swapping the embedder inside the artifact is caught by the hashes before anything is used.
-    (tmp_path / "r" / "embedder" / "model.safetensors").write_bytes(
+    # Swapping the embedder inside a self-contained artifact is caught by the hashes before anything is used.
+    artifact.save(tmp_path / "alone", tmp_path / "emb", copy_embedder=True)
+    (tmp_path / "alone" / "embedder" / "model.safetensors").write_bytes(
         (tmp_path / "other" / "model.safetensors").read_bytes()
     )
     with pytest.raises(ArtifactError):
-        load_artifact(tmp_path / "r")
+        load_artifact(tmp_path / "alone")
 
 
 def test_a_failed_save_leaves_no_artifact(tmp_path: Path) -> None:

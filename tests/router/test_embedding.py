@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from thrifty.router.embedding import (
     EmbedderMismatch,
+    EmbeddingCache,
     MiniLmEmbedder,
     MiniLmInt8Embedder,
     StaticEmbedder,
@@ -76,15 +79,43 @@ def _tiny_static(folder: Path) -> StaticEmbedder:
     return StaticEmbedder(folder)
 
 
+def test_the_cache_is_keyed_by_text_shared_across_runs_and_merges_its_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    static = _tiny_static(tmp_path / "static")
+    encoded: list[str] = []
+    original = static._encode
+
+    def counting(texts: Sequence[str]) -> np.ndarray:
+        encoded.extend(texts)
+        return original(texts)
+
+    monkeypatch.setattr(static, "_encode", counting)
+    monkeypatch.setattr("thrifty.router.embedding.MAX_SHARDS", 2)
+    first = EmbeddingCache(static, tmp_path / "cache").encode(QUERIES)
+    assert encoded == QUERIES
+    again = EmbeddingCache(static, tmp_path / "cache").encode([QUERIES[1], "a new query", QUERIES[1]])
+    assert encoded == [*QUERIES, "a new query"]  # only the text no run had encoded, once
+    assert np.array_equal(again[0], first[1]) and np.array_equal(again[0], again[2])
+    EmbeddingCache(static, tmp_path / "cache").encode(["and another"])  # a third shard: merged into one
+    (shard,) = list(EmbeddingCache(static, tmp_path / "cache").folder.glob("shard-*"))
+    assert len(load_file(str(shard))["keys"]) == 5
+    assert not list(EmbeddingCache(static, tmp_path / "cache").folder.glob(".*partial"))
+    monkeypatch.setenv("THRIFTY_EMBEDDING_CACHE", str(tmp_path / "elsewhere"))
+    assert EmbeddingCache(static).folder.parent == tmp_path / "elsewhere"
+
+
 def test_static_embedder_and_the_encoding_cache(tmp_path: Path) -> None:
     static = _tiny_static(tmp_path / "static")
     vectors = static.encode(QUERIES)
     assert vectors.shape == (3, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
     assert static.identity["kind"] == "static" and static.identity["dim"] == 16
     cached = cached_encode(static, QUERIES, tmp_path / "cache")
-    files = list((tmp_path / "cache").iterdir())
-    assert len(files) == 1 and np.array_equal(cached, vectors)
-    np.save(files[0], np.zeros_like(vectors))  # a second call reads the file instead of encoding
+    (folder,) = list((tmp_path / "cache").iterdir())  # one folder per embedder identity
+    assert folder.name.startswith("static-16-") and np.array_equal(cached, vectors)
+    (shard,) = list(folder.glob("shard-*.safetensors"))
+    keys = load_file(str(shard))["keys"]
+    save_file({"keys": keys, "vectors": np.zeros_like(vectors)}, str(shard))  # later calls read the shard
     assert not cached_encode(static, QUERIES, tmp_path / "cache").any()
     assert json.loads((tmp_path / "static" / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no static embedder"):

@@ -1,0 +1,310 @@
+"""The ensemble router: the paper's families averaged, anchored at the constant router.
+
+With sparse evaluation logs (one model per query) each learned family is noisy, and on its own none beats
+routing by model averages reliably (benchmarks/router/RESULTS.md). Their errors differ, so their mean is
+better than any of them. The served prediction is
+
+    A(q) = Ā + s · (Ē(q) − Ā)          (and the same for cost)
+
+where Ā is each model's mean accuracy over the federation's training cells (the constant router),
+Ē(q) the equally weighted mean of the components below, and s ∈ [0, 1] the shrink chosen on the
+federation's validation cells: the lowest squared error among the shrinks that beat Ā by a significant
+margin (1.645 standard errors of the per-cell gains). When none does, s = 0 and the router *is* the
+constant router.
+
+Components (each leaves a client as model updates or aggregate statistics only):
+- mlp: several federations of the paper's MLP from different seeds, their predictions averaged;
+- kmeans: every (K, restart) model the two-pass K-means fits (it fits them anyway to choose one),
+  averaged;
+- tasks (only when the logs carry task labels): P(task | query) from linear discriminant analysis on
+  the embeddings (per-task sums and the pooled scatter matrix are sums clients can share) times the
+  per-(task, model) means. No task label is needed at routing time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from thrifty.router.outcomes import OutcomeTable
+
+SHRINK_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+DEFAULT_MLP_MEMBERS = 3
+DEFAULT_LDA_SHRINKAGE = 0.1  # covariance shrinkage; on LLMRouter validation cross-entropy chose it on all seeds
+TASK_PRIOR_WEIGHT = 2.0  # pseudo-cells pulling a (task, model) mean toward the model's mean
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStats:
+    """Per model: Σ score, Σ cost and the count of observed cells (what the constant router needs)."""
+
+    score_sum: np.ndarray
+    cost_sum: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def collect(cls, table: OutcomeTable) -> ModelStats:
+        observed = table.observed
+        return cls(
+            np.where(observed, table.scores, 0.0).sum(0),
+            np.where(observed, table.costs, 0.0).sum(0),
+            observed.sum(0).astype(np.float64),
+        )
+
+    def __add__(self, other: ModelStats) -> ModelStats:
+        return ModelStats(self.score_sum + other.score_sum, self.cost_sum + other.cost_sum, self.count + other.count)
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, cost) per model; a model nobody observed gets the mean over all cells."""
+        total = max(float(self.count.sum()), 1e-12)
+        fallback = (float(self.score_sum.sum()) / total, float(self.cost_sum.sum()) / total)
+        seen = self.count > 0
+        count = np.maximum(self.count, 1e-12)
+        return (
+            np.where(seen, self.score_sum / count, fallback[0]),
+            np.where(seen, self.cost_sum / count, fallback[1]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """Per task label: query counts, Σ embedding, Σ x·xᵀ over all queries, and per-(task, model) cell sums.
+
+    Sums over a client's queries; added across clients, they give the pooled LDA and the task means.
+    """
+
+    names: tuple[str, ...]
+    queries: np.ndarray  # (T,)
+    x_sum: np.ndarray  # (T, d)
+    scatter: np.ndarray  # (d, d)
+    score_sum: np.ndarray  # (T, M)
+    cost_sum: np.ndarray  # (T, M)
+    count: np.ndarray  # (T, M)
+
+    @classmethod
+    def collect(cls, x: np.ndarray, table: OutcomeTable) -> TaskStats:
+        names = tuple(sorted({t for t in table.tasks if t}))
+        d, m = x.shape[1], len(table.models)
+        stats = cls.empty(names, d, m)
+        if not names:
+            return stats
+        label = np.array([names.index(t) if t else -1 for t in table.tasks], dtype=np.int64)
+        keep = label >= 0
+        x64 = np.asarray(x, dtype=np.float64)[keep]
+        rows = label[keep]
+        observed = table.observed[keep]
+        np.add.at(stats.queries, rows, 1.0)
+        np.add.at(stats.x_sum, rows, x64)
+        np.add.at(stats.score_sum, rows, np.where(observed, table.scores[keep], 0.0))
+        np.add.at(stats.cost_sum, rows, np.where(observed, table.costs[keep], 0.0))
+        np.add.at(stats.count, rows, observed.astype(np.float64))
+        stats.scatter[...] = x64.T @ x64
+        return stats
+
+    @classmethod
+    def empty(cls, names: Sequence[str], dim: int, models: int) -> TaskStats:
+        t = len(names)
+        return cls(
+            tuple(names),
+            np.zeros(t),
+            np.zeros((t, dim)),
+            np.zeros((dim, dim)),
+            np.zeros((t, models)),
+            np.zeros((t, models)),
+            np.zeros((t, models)),
+        )
+
+    def aligned(self, names: Sequence[str]) -> TaskStats:
+        """The same sums over ``names`` (a superset of this one's), zero where this one has no such task."""
+        out = TaskStats.empty(names, self.scatter.shape[0], self.count.shape[1])
+        for i, name in enumerate(self.names):
+            j = list(names).index(name)
+            out.queries[j], out.x_sum[j] = self.queries[i], self.x_sum[i]
+            out.score_sum[j], out.cost_sum[j], out.count[j] = self.score_sum[i], self.cost_sum[i], self.count[i]
+        out.scatter[...] = self.scatter
+        return out
+
+    def __add__(self, other: TaskStats) -> TaskStats:
+        names = tuple(sorted(set(self.names) | set(other.names)))
+        a, b = self.aligned(names), other.aligned(names)
+        return TaskStats(
+            names,
+            a.queries + b.queries,
+            a.x_sum + b.x_sum,
+            a.scatter + b.scatter,
+            a.score_sum + b.score_sum,
+            a.cost_sum + b.cost_sum,
+            a.count + b.count,
+        )
+
+
+def fit_tasks(
+    stats: TaskStats, constant: ModelStats, shrinkage: float = DEFAULT_LDA_SHRINKAGE
+) -> dict[str, np.ndarray] | None:
+    """LDA over the task labels plus per-(task, model) means: the ``tasks`` component's arrays, or None
+    when fewer than two tasks have queries."""
+    present = stats.queries > 0
+    if present.sum() < 2:
+        return None
+    n = float(stats.queries[present].sum())
+    mu = stats.x_sum[present] / stats.queries[present, None]
+    prior = stats.queries[present] / n
+    # Within-class scatter from the sums: Σ x xᵀ − Σ_t n_t μ_t μ_tᵀ, shrunk toward a multiple of I.
+    within = (stats.scatter - (mu.T * stats.queries[present]) @ mu) / n
+    dim = within.shape[0]
+    within = (1 - shrinkage) * within + shrinkage * (np.trace(within) / dim) * np.eye(dim)
+    weights = np.linalg.solve(within, mu.T)  # (d, T)
+    bias = -0.5 * (mu * weights.T).sum(1) + np.log(prior)
+    model_acc, model_cost = constant.means()
+    k = TASK_PRIOR_WEIGHT
+    count = stats.count[present]
+    accuracy = (stats.score_sum[present] + k * model_acc) / (count + k)
+    cost = (stats.cost_sum[present] + k * model_cost) / (count + k)
+    return {
+        "weights": weights.astype(np.float32),
+        "bias": bias.astype(np.float32),
+        "accuracy": accuracy,
+        "cost": cost,
+    }
+
+
+def task_lookup(stats: TaskStats, constant: ModelStats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The per-task-means baseline: {task: (accuracy, cost)} per model, as the evaluation's baseline computes."""
+    model_acc, model_cost = constant.means()
+    out = {}
+    for i, name in enumerate(stats.names):
+        seen = stats.count[i] > 0
+        count = np.maximum(stats.count[i], 1e-12)
+        out[name] = (
+            np.where(seen, stats.score_sum[i] / count, model_acc),
+            np.where(seen, stats.cost_sum[i] / count, model_cost),
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShrinkErrors:
+    """On validation cells, for each shrink in SHRINK_GRID: Σ squared error of the accuracy prediction, and
+    Σ of the squared per-cell gains over the constant router (for the gain's standard error); the
+    per-task baseline's Σ squared error (NaN without task labels); the count of cells. Sums only, so
+    clients' parts add up."""
+
+    by_shrink: np.ndarray
+    gain_sq: np.ndarray
+    per_task: float
+    count: float
+
+    @classmethod
+    def zero(cls) -> ShrinkErrors:
+        return cls(np.zeros(len(SHRINK_GRID)), np.zeros(len(SHRINK_GRID)), 0.0, 0.0)
+
+    def __add__(self, other: ShrinkErrors) -> ShrinkErrors:
+        return ShrinkErrors(
+            self.by_shrink + other.by_shrink,
+            self.gain_sq + other.gain_sq,
+            self.per_task + other.per_task,
+            self.count + other.count,
+        )
+
+
+def shrink_errors(
+    ensemble: np.ndarray,
+    constant: np.ndarray,
+    table: OutcomeTable,
+    tasks: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+) -> ShrinkErrors:
+    """``ensemble``: the components' mean accuracy on ``table``'s queries (Q, M); ``constant``: (M,)."""
+    observed = table.observed
+    truth = np.nan_to_num(table.scores)
+    base = ((constant - truth) ** 2)[observed]
+    errors = [((constant + s * (ensemble - constant) - truth) ** 2)[observed] for s in SHRINK_GRID]
+    per_task = float("nan")
+    if tasks:
+        lookup = np.stack([tasks[t][0] if t in tasks else constant for t in table.tasks]) if len(table) else truth
+        per_task = float(np.where(observed, (lookup - truth) ** 2, 0.0).sum())
+    return ShrinkErrors(
+        np.array([float(e.sum()) for e in errors]),
+        np.array([float(((base - e) ** 2).sum()) for e in errors]),
+        per_task,
+        float(observed.sum()),
+    )
+
+
+SIGNIFICANCE = 1.645  # a shrink must beat the constant router by this many standard errors (one-sided 5 %)
+
+
+def choose_shrink(errors: ShrinkErrors) -> tuple[float, dict[str, Any]]:
+    """The shrink with the lowest validation error among those whose gain over the constant router is
+    significant (more than SIGNIFICANCE standard errors of the per-cell gains); 0 (the constant router)
+    when none is. Returns it with the report the manifest keeps."""
+    if errors.count == 0:
+        return 0.0, {"validation_cells": 0.0, "shrink": 0.0}
+    n = errors.count
+    gain = errors.by_shrink[0] - errors.by_shrink
+    stderr = np.sqrt(np.maximum(errors.gain_sq - gain**2 / n, 0.0))
+    significant = gain > SIGNIFICANCE * stderr
+    significant[0] = True
+    mse = errors.by_shrink / n
+    best = int(np.argmin(np.where(significant, mse, np.inf)))
+    unrestricted = int(np.argmin(mse))
+    report = {
+        "validation_cells": n,
+        "shrink": SHRINK_GRID[best],
+        "validation_mse": float(mse[best]),
+        "validation_mse_constant": float(mse[0]),
+        "validation_mse_by_shrink": {str(s): float(v) for s, v in zip(SHRINK_GRID, mse, strict=True)},
+        "best_shrink_gain_in_standard_errors": float(gain[unrestricted] / max(stderr[unrestricted], 1e-12)),
+    }
+    if not np.isnan(errors.per_task):
+        report["validation_mse_per_task"] = errors.per_task / n
+    return SHRINK_GRID[best], report
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One plain sentence on whether the router is worth serving, from :func:`choose_shrink`'s report."""
+    if not report.get("validation_cells"):
+        return "no validation cells: nothing says whether this router beats routing by model averages"
+    mse, constant = report["validation_mse"], report["validation_mse_constant"]
+    if report["shrink"] == 0.0:
+        text = (
+            f"not worth serving: on {report['validation_cells']:.0f} validation cells no learned correction beats "
+            f"the model averages (squared error {constant:.4f}) by a significant margin (best: "
+            f"{report.get('best_shrink_gain_in_standard_errors', 0.0):.1f} standard errors); it routes exactly as "
+            "the constant router"
+        )
+    else:
+        text = (
+            f"validation squared error {mse:.4f} against {constant:.4f} for model averages "
+            f"({100 * (1 - mse / constant):.1f} % lower; shrink {report['shrink']})"
+        )
+    per_task = report.get("validation_mse_per_task")
+    if per_task is not None:
+        text += f"; per-task means (which need each query's task label) {per_task:.4f}"
+    return text
+
+
+def ensemble_arrays(
+    constant: ModelStats,
+    mlps: Sequence[dict[str, np.ndarray]],
+    kmeans: Sequence[dict[str, np.ndarray]],
+    tasks: dict[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """The artifact's arrays: ``constant/*``, ``mlp<i>/*``, ``kmeans<j>/*`` and ``tasks0/*``."""
+    accuracy, cost = constant.means()
+    arrays = {"constant/accuracy": accuracy, "constant/cost": cost}
+    for i, member in enumerate(mlps):
+        arrays |= {f"mlp{i}/{k}": v for k, v in member.items()}
+    for j, member in enumerate(kmeans):
+        arrays |= {f"kmeans{j}/{k}": v for k, v in member.items()}
+    if tasks is not None:
+        arrays |= {f"tasks0/{k}": v for k, v in tasks.items()}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+
+
+def lookup_arrays(lookup: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """The per-task baseline as (task names, accuracy (T, M)) for a message to clients."""
+    names = sorted(lookup)
+    return names, np.stack([lookup[n][0] for n in names]) if names else np.zeros((0, 0))
