@@ -98,6 +98,11 @@ class KMeansRouterModel:
         labels = assign(x, self.centres)
         return self.accuracy[labels], self.cost[labels]
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The artifact's arrays (float32)."""
+        parts = {"centres": self.centres, "accuracy": self.accuracy, "cost": self.cost, "count": self.count}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in parts.items()}
+
 
 def fit_central(x: np.ndarray, table: OutcomeTable, k: int, seed: int, prior_weight: float = 2.0) -> KMeansRouterModel:
     """One party with all the data: the same two steps without the federation."""

@@ -167,10 +167,6 @@ def fit_kmeans_selected(
     return fitted[best], metrics
 
 
-def kmeans_arrays(model: KMeansRouterModel) -> dict[str, np.ndarray]:
-    return {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
-
-
 def _mlp_plan(settings: dict[str, Any]) -> Any:
     from thrifty.router.mlp import MlpPlan
 
@@ -208,7 +204,7 @@ def central_ensemble(
     )
     task_stats = TaskStats.collect(data.x, data.train)
     tasks = fit_tasks(task_stats, constant, float(settings["task_shrinkage"]))
-    arrays = ensemble_arrays(constant, mlps, [kmeans_arrays(m) for m in fitted.values()], tasks)
+    arrays = ensemble_arrays(constant, mlps, [m.arrays() for m in fitted.values()], tasks)
     extra = {"cost_mean": scale.mean, "cost_std": scale.std, "width": plan.width, "dropout": plan.dropout}
     full = EnsemblePredictor(arrays, extra | {"shrink": 1.0})
     lookup = task_lookup(task_stats, constant) if tasks is not None else None
@@ -235,7 +231,7 @@ def central_artifact(
             float(settings["prior_weight"]),
             int(settings.get("restarts", 1)),
         )
-        arrays = kmeans_arrays(model)
+        arrays = model.arrays()
         extra = {"clusters": metrics["selected_clusters"], "prior_weight": settings["prior_weight"]}
     elif family == "ensemble":
         arrays, extra, metrics = central_ensemble(data, settings, seed)

@@ -3,8 +3,8 @@ take argmax A − λ·C. Measured through LearnedRouter.route, as the gateway ca
 
     .venv/bin/python benchmarks/router/latency.py --static data/router/static
 
-Prints median / p95 / p99 per decision for the static (model2vec) and MiniLM embedders with the MLP
-and K-means routers (weights at random: the cost does not depend on their values).
+Prints median / p95 / p99 per decision for the static (model2vec) and MiniLM embedders with the
+ensemble, MLP and K-means routers (weights at random: the cost does not depend on their values).
 """
 
 from __future__ import annotations
@@ -21,22 +21,43 @@ import numpy as np
 from thrifty.router import ModelCandidate, RoutingRequest
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, MiniLmEmbedder, MiniLmInt8Embedder, StaticEmbedder
+from thrifty.router.ensemble import ModelStats, ensemble_arrays
 from thrifty.router.learned import LearnedRouter
 from thrifty.router.mlp import RouterNet, state_arrays
 
 
+def kmeans_arrays(k: int, dim: int, models: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "centres": rng.normal(size=(k, dim)),
+        "accuracy": rng.random((k, models)),
+        "cost": rng.random((k, models)) * 1e-4,
+        "count": np.ones((k, models)),
+    }
+
+
 def artifact(family: str, embedder: Embedder, models: list[str], out: Path, static_dir: Path | None) -> Path:
+    rng = np.random.default_rng(0)
+    mlp_settings = {"cost_mean": -9.0, "cost_std": 1.0, "width": 512, "dropout": 0.1}
     if family == "mlp":
         arrays = state_arrays(RouterNet(embedder.dim, len(models)))
-        settings = {"cost_mean": -9.0, "cost_std": 1.0, "width": 512, "dropout": 0.1}
-    else:
-        rng = np.random.default_rng(0)
-        arrays = {
-            "centres": rng.normal(size=(32, embedder.dim)),
-            "accuracy": rng.random((32, len(models))),
-            "cost": rng.random((32, len(models))) * 1e-4,
-            "count": np.ones((32, len(models))),
+        settings: dict[str, float] = mlp_settings
+    elif family == "ensemble":  # as trained by default: 3 MLPs, K ∈ {4, 8, 16, 32} × 5 restarts, 3 tasks
+        constant = ModelStats(rng.random(len(models)), rng.random(len(models)) * 1e-4, np.ones(len(models)))
+        tasks = {
+            "weights": rng.normal(size=(embedder.dim, 3)),
+            "bias": rng.normal(size=3),
+            "accuracy": rng.random((3, len(models))),
+            "cost": rng.random((3, len(models))) * 1e-4,
         }
+        arrays = ensemble_arrays(
+            constant,
+            [state_arrays(RouterNet(embedder.dim, len(models))) for _ in range(3)],
+            [kmeans_arrays(k, embedder.dim, len(models), rng) for k in (4, 8, 16, 32) for _ in range(5)],
+            tasks,
+        )
+        settings = mlp_settings | {"shrink": 1.0}
+    else:
+        arrays = kmeans_arrays(32, embedder.dim, len(models), rng)
         settings = {"clusters": 32, "prior_weight": 2.0}
     RouterArtifact(
         family, tuple(models), embedder.identity, {k: np.asarray(v, np.float32) for k, v in arrays.items()}, settings
@@ -71,7 +92,7 @@ def main() -> None:
             ("minilm", MiniLmEmbedder(), None),
             ("minilm-int8", MiniLmInt8Embedder(), None),
         ):
-            for family in ("mlp", "kmeans"):
+            for family in ("ensemble", "mlp", "kmeans"):
                 folder = artifact(family, embedder, models, Path(tmp) / f"{name}-{family}", static_dir)
                 router = LearnedRouter(str(folder))
                 asyncio.run(measure(router, queries[:20], candidates))  # warm up

@@ -221,11 +221,6 @@ def kmeans_candidates(
     return fitted, choices, {n: error[n] / count[n] for n in fitted}
 
 
-def _kmeans_arrays(model: KMeansRouterModel) -> dict[str, np.ndarray]:
-    arrays = {"centres": model.centres, "accuracy": model.accuracy, "cost": model.cost, "count": model.count}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
-
-
 def train_kmeans(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
@@ -241,7 +236,7 @@ def train_kmeans(
             str(c): min(loss[n] for n in loss if choices[n][0] == c) for c in plan.candidate_clusters
         },
     }
-    return _kmeans_arrays(fitted[best]), settings, metrics
+    return fitted[best].arrays(), settings, metrics
 
 
 def federated_tasks(
@@ -286,7 +281,7 @@ def train_ensemble(
     fitted, _, _ = kmeans_candidates(grid, plan, nodes, models, embedder)
     task_stats = federated_tasks(grid, plan, nodes, models, embedder)
     tasks = fit_tasks(task_stats, constant, plan.task_shrinkage)
-    arrays = ensemble_arrays(constant, mlps, [_kmeans_arrays(m) for m in fitted.values()], tasks)
+    arrays = ensemble_arrays(constant, mlps, [m.arrays() for m in fitted.values()], tasks)
     lookup = task_lookup(task_stats, constant) if tasks is not None else {}
     names, table = lookup_arrays(lookup)
     config = ConfigRecord(

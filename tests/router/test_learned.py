@@ -102,3 +102,11 @@ def test_query_text_reads_the_last_user_message() -> None:
     assert query_text({"prompt": "a prompt"}) == "a prompt"
     assert query_text({"prompt": ["one", "two"]}) == "one"
     assert query_text({"prompt": [[1, 2, 3]]}) == ""
+
+
+async def test_a_moved_embedder_is_found_through_the_embedder_dir_option(folder: Path, tmp_path: Path) -> None:
+    shutil.move(tmp_path / "emb", tmp_path / "mounted")  # e.g. the artifact and embedder mounted in a container
+    with pytest.raises(ValueError, match="set the router's embedder_dir"):
+        build_router("learned", {"artifact": str(folder)})
+    router = build_router("learned", {"artifact": str(folder), "embedder_dir": str(tmp_path / "mounted")})
+    assert (await router.route(ask(POEM, "auto", **{"x-thrifty-lambda": "100"}), [BIG, SMALL])).model == "small"

@@ -119,7 +119,7 @@ def test_every_mistake_of_a_file_is_reported_at_once_with_its_place(tmp_path: Pa
         "backends.0.model: required",
         "timeouts.total: must be > 0",
         "router.learned.lambda: must be ≥ 0",
-        "router.learned.lamda: unknown option; the learned router takes: artifact, lambda, presets",
+        "router.learned.lamda: unknown option; the learned router takes: artifact, embedder_dir, lambda, presets",
         "budgeter.static.budget: required",
         "budgeter.static.budgett: unknown option; the static budgeter takes: budget",
     ):
