@@ -35,6 +35,7 @@ SHRINK_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_MLP_MEMBERS = 3
 DEFAULT_LDA_SHRINKAGE = 0.1  # covariance shrinkage; on LLMRouter validation cross-entropy chose it on all seeds
 TASK_PRIOR_WEIGHT = 2.0  # pseudo-cells pulling a (task, model) mean toward the model's mean
+MIN_SHARED_TASK_QUERIES = 5  # a client shares a task's sums only over at least this many queries
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +86,18 @@ class TaskStats:
     count: np.ndarray  # (T, M)
 
     @classmethod
-    def collect(cls, x: np.ndarray, table: OutcomeTable) -> TaskStats:
-        names = tuple(sorted({t for t in table.tasks if t}))
+    def collect(cls, x: np.ndarray, table: OutcomeTable, min_queries: int = 1) -> TaskStats:
+        """``min_queries``: a task with fewer queries is left out (a sum over one query is that query's
+        embedding, which a client should not share)."""
+        counts: dict[str, int] = {}
+        for task in table.tasks:
+            counts[task] = counts.get(task, 0) + 1
+        names = tuple(sorted(t for t, n in counts.items() if t and n >= min_queries))
         d, m = x.shape[1], len(table.models)
         stats = cls.empty(names, d, m)
         if not names:
             return stats
-        label = np.array([names.index(t) if t else -1 for t in table.tasks], dtype=np.int64)
+        label = np.array([names.index(t) if t in names else -1 for t in table.tasks], dtype=np.int64)
         keep = label >= 0
         x64 = np.asarray(x, dtype=np.float64)[keep]
         rows = label[keep]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
-from thrifty.router.ensemble import ShrinkErrors, TaskStats, shrink_errors
+from thrifty.router.ensemble import MIN_SHARED_TASK_QUERIES, ShrinkErrors, TaskStats, shrink_errors
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
@@ -210,8 +210,9 @@ def mlp_validation(data: LocalData, spec: MlpRound, arrays: dict[str, np.ndarray
 
 
 def task_stats(data: LocalData) -> TaskStats:
-    """Per task label: query counts, Σ embedding, Σ x·xᵀ and per-(task, model) cell sums (no queries)."""
-    return TaskStats.collect(data.x_train, data.train)
+    """Per task label: query counts, Σ embedding, Σ x·xᵀ and per-(task, model) cell sums (no queries); a
+    task with too few queries here to hide any one of them is left out."""
+    return TaskStats.collect(data.x_train, data.train, MIN_SHARED_TASK_QUERIES)
 
 
 def ensemble_validation(
