@@ -1,0 +1,113 @@
+"""The ensemble router's parts: sums that add up across clients, the task LDA, the shrink and its verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thrifty.router.artifact import EnsemblePredictor, TaskPredictor
+from thrifty.router.ensemble import (
+    SHRINK_GRID,
+    ModelStats,
+    ShrinkErrors,
+    TaskStats,
+    choose_shrink,
+    ensemble_arrays,
+    fit_tasks,
+    shrink_errors,
+    verdict,
+)
+from thrifty.router.outcomes import OutcomeTable
+
+MODELS = ("big", "small")
+
+
+def table(tasks: list[str], scores: list[tuple[float, float]], cost: float = 1e-3) -> OutcomeTable:
+    s = np.array(scores, dtype=np.float64)
+    return OutcomeTable(
+        tuple(f"q{i}" for i in range(len(tasks))),
+        MODELS,
+        s,
+        np.where(np.isnan(s), np.nan, cost),
+        tuple(tasks),
+        ("",) * len(tasks),
+    )
+
+
+def two_tasks(rng: np.random.Generator, n: int) -> tuple[np.ndarray, OutcomeTable]:
+    """Maths queries near +e0, poems near −e0; on maths only the big model is right, on poems both are."""
+    maths = rng.random(n) < 0.5
+    x = rng.normal(scale=0.3, size=(n, 4))
+    x[:, 0] += np.where(maths, 1.0, -1.0)
+    model = rng.integers(0, 2, n)
+    scores = [
+        (float(m == 0 or not q), np.nan) if m == 0 else (np.nan, float(not q))
+        for q, m in zip(maths, model, strict=True)
+    ]
+    return x, table(["maths" if q else "poems" for q in maths], scores)
+
+
+def test_sums_from_two_clients_equal_the_sums_over_their_union() -> None:
+    rng = np.random.default_rng(0)
+    x, data = two_tasks(rng, 200)
+    first, second = np.arange(120), np.arange(120, 200)
+    whole = TaskStats.collect(x, data)
+    parts = TaskStats.collect(x[first], data.subset(first)) + TaskStats.collect(x[second], data.subset(second))
+    assert parts.names == whole.names == ("maths", "poems")
+    for field in ("queries", "x_sum", "scatter", "score_sum", "cost_sum", "count"):
+        np.testing.assert_allclose(getattr(parts, field), getattr(whole, field))
+    models = ModelStats.collect(data.subset(first)) + ModelStats.collect(data.subset(second))
+    np.testing.assert_allclose(models.means()[0], np.nanmean(data.scores, 0))
+
+
+def test_a_task_too_small_to_hide_a_query_is_not_shared() -> None:
+    x = np.eye(4)[:3]
+    stats = TaskStats.collect(x, table(["a", "a", "b"], [(1, 0), (0, 1), (1, 1)]), min_queries=2)
+    assert stats.names == ("a",) and stats.queries.tolist() == [2.0]
+    np.testing.assert_allclose(stats.scatter, x[:2].T @ x[:2])  # the lone "b" query is in no sum
+
+
+def test_the_task_lda_recovers_who_is_right_where() -> None:
+    rng = np.random.default_rng(1)
+    x, data = two_tasks(rng, 400)
+    stats = TaskStats.collect(x, data)
+    arrays = fit_tasks(stats, ModelStats.collect(data))
+    assert arrays is not None
+    accuracy, _ = TaskPredictor(arrays).predict(np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+    assert accuracy[0, 0] > 0.9 and accuracy[0, 1] < 0.1  # maths: only big
+    assert accuracy[1, 0] > 0.9 and accuracy[1, 1] > 0.9  # poems: both
+    assert (
+        fit_tasks(TaskStats.collect(x, table([""] * len(data), data.scores.tolist())), ModelStats.collect(data)) is None
+    )
+
+
+def test_the_shrink_must_beat_the_constant_router_significantly() -> None:
+    truth = table([""] * 4, [(1, np.nan), (0, np.nan), (np.nan, 1), (np.nan, 0)])
+    constant = np.array([0.5, 0.5])
+    perfect = np.array([[1.0, 0.5], [0.0, 0.5], [0.5, 1.0], [0.5, 0.0]])
+    errors = shrink_errors(perfect, constant, truth, None)
+    assert errors.by_shrink[0] == pytest.approx(4 * 0.25) and errors.by_shrink[-1] == pytest.approx(0.0)
+    shrink, report = choose_shrink(errors)
+    assert shrink == 1.0 and report["validation_mse"] == 0.0 and "per_task" not in str(report)
+    # The same gain on one cell and a loss of nearly as much on another: not significant, so s = 0.
+    noisy = ShrinkErrors(np.array([1.0] + [0.9] * 10), np.array([0.0] + [0.2] * 10), float("nan"), 2.0)
+    shrink, report = choose_shrink(noisy)
+    assert shrink == 0.0 and verdict(report).startswith("not worth serving")
+    assert choose_shrink(ShrinkErrors.zero())[0] == 0.0
+    assert "no validation cells" in verdict(choose_shrink(ShrinkErrors.zero())[1])
+
+
+def test_a_shrink_of_zero_serves_exactly_the_constant_router() -> None:
+    rng = np.random.default_rng(2)
+    x, data = two_tasks(rng, 200)
+    constant = ModelStats.collect(data)
+    kmeans = {"centres": np.array([[1.0, 0, 0, 0]]), "accuracy": np.array([[0.1, 0.9]]), "cost": np.ones((1, 2))}
+    arrays = ensemble_arrays(constant, [], [kmeans, kmeans], fit_tasks(TaskStats.collect(x, data), constant))
+    settings = {"cost_mean": 0.0, "cost_std": 1.0}
+    flat, _ = EnsemblePredictor(arrays, settings | {"shrink": 0.0}).predict(x[:3])
+    np.testing.assert_allclose(flat, np.tile(constant.means()[0], (3, 1)), rtol=1e-6)
+    full = EnsemblePredictor(arrays, settings | {"shrink": 1.0})
+    half = EnsemblePredictor(arrays, settings | {"shrink": 0.5})
+    mean, _ = full.components_mean(x[:3])
+    np.testing.assert_allclose(half.predict(x[:3])[0], (flat + mean) / 2, rtol=1e-6)
+    assert len(full.components) == 2 and SHRINK_GRID[0] == 0.0 and SHRINK_GRID[-1] == 1.0
