@@ -59,11 +59,15 @@ def load_outcomes_report(paths: list[Path]) -> tuple[OutcomeTable, str, dict[str
         raise ValueError("the data hold no records")
     table = OutcomeTable.from_records(records)
     cells = int(table.observed.sum())
+    labels: dict[str, set[str]] = {}
+    for record in records:
+        labels.setdefault(record.query, set()).add(record.task or "")
     report = {
         "records": len(records),
         "queries": len(table),
         "cells": cells,
         "repeated_cells_averaged": len(records) - cells,
+        "queries_with_conflicting_tasks": sum(1 for tasks in labels.values() if len(tasks) > 1),  # first one kept
     }
     return table, digest.hexdigest(), report
 

@@ -295,6 +295,11 @@ def train_router_command(
             f"(query, model) cells; {details['repeated_cells_averaged']} records repeated a cell and were averaged"
             " into it"
         )
+    if details.get("queries_with_conflicting_tasks"):
+        typer.echo(
+            f"  {details['queries_with_conflicting_tasks']} queries carry different task labels in different "
+            "records; the first label was kept"
+        )
     if details.get("queries_without_client_left_out"):
         typer.echo(f"  {details['queries_without_client_left_out']} queries name no client and were left out")
     typer.echo(f"mode: {report.mode}, {report.organisations} organisation(s)")

@@ -51,8 +51,8 @@ def test_a_plain_log_trains_centrally_and_says_what_was_merged(tmp_path: Path, e
     log = plain_log(tmp_path / "eval.jsonl")
     first = next(iter(read_eval_log(log)))
     with log.open("a") as f:  # the same (query, model) cell twice more: averaged into one, and reported
-        for score in (0.0, 1.0):
-            f.write(json.dumps(replace(first, score=score).to_json()) + "\n")
+        for score, task in ((0.0, first.task), (1.0, "another task")):
+            f.write(json.dumps(replace(first, score=score, task=task).to_json()) + "\n")
     request = TrainRequest(
         data=[log], out=tmp_path / "router", embedder="static", embedder_dir=embedder_dir, settings=SMALL
     )
@@ -62,6 +62,7 @@ def test_a_plain_log_trains_centrally_and_says_what_was_merged(tmp_path: Path, e
     assert manifest["family"] == "ensemble" and manifest["training"]["mode"] == "central"
     assert manifest["inputs"]["records"] == 362 and manifest["inputs"]["repeated_cells_averaged"] == 2
     assert manifest["inputs"]["queries"] == manifest["inputs"]["cells"] == 360
+    assert manifest["inputs"]["queries_with_conflicting_tasks"] == 1
     assert not (tmp_path / "router.work").exists()  # nothing left behind
     with pytest.raises(ValueError, match="federated training needs at least two organisations"):
         train_router(replace(request, out=tmp_path / "fed", mode="federated"))
