@@ -89,7 +89,7 @@ world: install vllm
 world-quick: install vllm
 	$(VENV)/bin/thrifty world build --quick --out $(DATA_DIR)/world-quick --data $(GSM8K_DIR)
 
-# The federated-router benchmark (about 5 minutes): a static embedder is distilled once into data/router.
+# The router benchmark (about 20 minutes on 2 cores): a static embedder is distilled once into data/router.
 ROUTER_DATA ?= ../shared/data/routing/llmrouter
 router-bench: router-env
 	test -d $(DATA_DIR)/router/static || $(ROUTER_VENV)/bin/thrifty router distill-embedder --out $(DATA_DIR)/router/static

@@ -283,6 +283,11 @@ def train_router_command(
     logging.basicConfig(level=logging.WARNING)
     try:
         report = train_router(request)
+    except ImportError:  # organisations named by the logs' client field: federated, and Flower is not here
+        raise _fail(
+            "federated training runs on Flower, which lives in the router-training environment: "
+            "make router-env, then .venv-router/bin/thrifty train router ... (or pass --central)"
+        ) from None
     except (OSError, ValueError, EvalLogError, EmbedderMismatch, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     from thrifty.router.artifact import read_manifest
