@@ -163,6 +163,28 @@ def _members(arrays: dict[str, np.ndarray], prefix: str) -> list[dict[str, np.nd
     return [groups[i] for i in sorted(groups)]
 
 
+class KMeansBag(Predictor):
+    """The mean of many K-means members' predictions, with every distance computed in one product."""
+
+    def __init__(self, members: list[KMeansPredictor]) -> None:
+        self.centres = np.concatenate([m.centres for m in members]).astype(np.float64)
+        self.norms = (self.centres**2).sum(1)
+        self.accuracy = np.concatenate([m.accuracy for m in members]).astype(np.float64)
+        self.cost = np.concatenate([m.cost for m in members]).astype(np.float64)
+        self.bounds = np.cumsum([0] + [len(m.centres) for m in members])
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = self.norms[None, :] - 2.0 * np.asarray(x, dtype=np.float64) @ self.centres.T  # + |x|², same per row
+        accuracy = np.zeros((len(x), self.accuracy.shape[1]))
+        cost = np.zeros_like(accuracy)
+        for start, end in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            nearest = start + d[:, start:end].argmin(1)
+            accuracy += self.accuracy[nearest]
+            cost += self.cost[nearest]
+        members = len(self.bounds) - 1
+        return accuracy / members, cost / members
+
+
 class EnsemblePredictor(Predictor):
     """The ensemble router (:mod:`thrifty.router.ensemble`): the mean of its components, each the mean of
     its members, pulled toward the constant router by the artifact's shrink."""
@@ -174,9 +196,10 @@ class EnsemblePredictor(Predictor):
             raise ArtifactError(f"the ensemble arrays lack {exc}") from None
         self.shrink = float(settings["shrink"])
         cost_mean, cost_std = float(settings["cost_mean"]), float(settings["cost_std"])
+        kmeans = [KMeansPredictor(a) for a in _members(arrays, "kmeans")]
         components: list[list[Predictor]] = [
             [MlpPredictor(a, cost_mean, cost_std) for a in _members(arrays, "mlp")],
-            [KMeansPredictor(a) for a in _members(arrays, "kmeans")],
+            [KMeansBag(kmeans)] if kmeans else [],
             [TaskPredictor(a) for a in _members(arrays, "tasks")],
         ]
         self.components = [c for c in components if c]

@@ -119,7 +119,7 @@ def test_the_ensemble_is_the_constant_router_when_queries_carry_no_signal(tmp_pa
 
 
 def test_the_cli_trains_and_evaluates(tmp_path: Path, embedder_dir: Path) -> None:
-    log = full_log(tmp_path / "eval.jsonl", clients=2, per_client=200)
+    log = full_log(tmp_path / "eval.jsonl", clients=2, per_client=400)
     runner = CliRunner()
     common = ["--embedder", "static", "--embedder-dir", str(embedder_dir), "--rounds", "4", "--clusters", "2,4"]
     result = runner.invoke(
