@@ -39,6 +39,7 @@ WEIGHTS = "weights.safetensors"
 EMBEDDER_DIR = "embedder"
 Family = Literal["mlp", "kmeans", "ensemble"]
 LAYER_NORM_EPS = 1e-5
+GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
 class EmbedderIdentity(BaseModel):
@@ -93,32 +94,68 @@ class Predictor(ABC):
 
 
 class MlpPredictor(Predictor):
-    def __init__(self, arrays: dict[str, np.ndarray], cost_mean: float, cost_std: float) -> None:
+    """The MLP's forward pass; with several networks of one shape (the ensemble's members), the mean of
+    their predictions, computed as if they were one wide network: one product for every first layer, a
+    batched one for the second layers and the heads. A decision is then a handful of NumPy calls however
+    many members there are."""
+
+    def __init__(self, members: list[dict[str, np.ndarray]], cost_mean: float, cost_std: float) -> None:
+        if not members:
+            raise ArtifactError("an MLP router needs at least one network")
         try:
-            self.trunk = [
-                (arrays[f"trunk.{i}.weight"].T.copy(), arrays[f"trunk.{i}.bias"])
-                for i in (0, 4)  # Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm, GELU, Dropout
-            ]
-            self.norms = [(arrays[f"trunk.{i}.weight"], arrays[f"trunk.{i}.bias"]) for i in (1, 5)]
-            heads = sorted({int(k.split(".")[1]) for k in arrays if k.startswith("heads.")})
-            self.head_w = np.stack([arrays[f"heads.{i}.weight"] for i in heads], axis=0)  # (M, 2, width)
-            self.head_b = np.stack([arrays[f"heads.{i}.bias"] for i in heads], axis=0)  # (M, 2)
-        except KeyError as exc:
-            raise ArtifactError(f"the MLP weights lack {exc}") from None
+            nets = [_mlp_arrays(a) for a in members]
+            self.first = np.concatenate([n["first"] for n in nets], axis=1)  # (dim, K·width)
+            self.first_bias = np.concatenate([n["first_bias"] for n in nets])
+            stacked = {key: np.stack([n[key] for n in nets]) for key in nets[0] if not key.startswith("first")}
+        except ValueError as exc:  # members of different shapes
+            raise ArtifactError(f"the MLP networks do not share one shape ({exc})") from None
+        self.second, self.heads = stacked["second"], stacked["heads"]  # (K, w, w), (K, w, 2M)
+        # Biases and LayerNorm parameters broadcast over (K, batch, width).
+        self.second_bias, self.heads_bias = stacked["second_bias"][:, None], stacked["heads_bias"][:, None]
+        self.norms = [(stacked[f"gain{i}"][:, None], stacked[f"shift{i}"][:, None]) for i in (0, 1)]
         self.cost_mean, self.cost_std = cost_mean, cost_std
 
+    @staticmethod
+    def _norm_gelu(h: np.ndarray, gain: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        centred = h - h.mean(-1, keepdims=True)
+        h = centred / np.sqrt((centred * centred).mean(-1, keepdims=True) + LAYER_NORM_EPS) * gain + shift
+        gelu: np.ndarray = 0.5 * h * (1.0 + np.tanh(GELU_SCALE * (h + 0.044715 * h * h * h)))  # torch's tanh form
+        return gelu
+
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h = np.asarray(x, dtype=np.float32)
-        for (weight, bias), (gain, shift) in zip(self.trunk, self.norms, strict=True):
-            h = h @ weight + bias
-            mean = h.mean(-1, keepdims=True)
-            var = ((h - mean) ** 2).mean(-1, keepdims=True)
-            h = (h - mean) / np.sqrt(var + LAYER_NORM_EPS) * gain + shift
-            h = 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
-        out = np.einsum("bw,mow->bmo", h, self.head_w) + self.head_b  # (batch, M, 2)
-        logits, z = out[..., 0].astype(np.float64), out[..., 1].astype(np.float64)
-        accuracy = 1.0 / (1.0 + np.exp(-logits))
-        return accuracy, np.exp(z * self.cost_std + self.cost_mean)
+        batch, members = len(x), len(self.second)
+        h = np.asarray(x, dtype=np.float32) @ self.first + self.first_bias
+        h = h.reshape(batch, members, -1).transpose(1, 0, 2)  # (K, batch, width)
+        h = self._norm_gelu(h, *self.norms[0])
+        h = self._norm_gelu(np.matmul(h, self.second) + self.second_bias, *self.norms[1])
+        out = (np.matmul(h, self.heads) + self.heads_bias).reshape(members, batch, -1, 2).astype(np.float64)
+        accuracy = (1.0 / (1.0 + np.exp(-out[..., 0]))).mean(0)
+        return accuracy, np.exp(out[..., 1] * self.cost_std + self.cost_mean).mean(0)
+
+
+def _mlp_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One RouterNet's state dict (trunk: Linear, LayerNorm, GELU, Dropout, twice; a Linear(width, 2) head
+    per model) as the matrices the forward pass multiplies by."""
+    try:
+        heads = sorted({int(k.split(".")[1]) for k in arrays if k.startswith("heads.")})
+        head_w = np.stack([arrays[f"heads.{i}.weight"] for i in heads])  # (M, 2, width)
+        return {
+            "first": arrays["trunk.0.weight"].T.astype(np.float32),
+            "first_bias": arrays["trunk.0.bias"].astype(np.float32),
+            "second": np.ascontiguousarray(arrays["trunk.4.weight"].T, dtype=np.float32),
+            "second_bias": arrays["trunk.4.bias"].astype(np.float32),
+            "gain0": arrays["trunk.1.weight"],
+            "shift0": arrays["trunk.1.bias"],
+            "gain1": arrays["trunk.5.weight"],
+            "shift1": arrays["trunk.5.bias"],
+            # Columns ordered (model, output): one product gives every head's logit and log-cost.
+            "heads": np.ascontiguousarray(head_w.transpose(2, 0, 1).reshape(head_w.shape[2], -1), dtype=np.float32),
+            "heads_bias": np.stack([arrays[f"heads.{i}.bias"] for i in heads]).reshape(-1).astype(np.float32),
+        }
+    except KeyError as exc:
+        raise ArtifactError(f"the MLP weights lack {exc}") from None
+    except ValueError as exc:  # heads of different shapes
+        raise ArtifactError(f"the MLP heads do not share one shape ({exc})") from None
 
 
 class KMeansPredictor(Predictor):
@@ -196,24 +233,20 @@ class EnsemblePredictor(Predictor):
             raise ArtifactError(f"the ensemble arrays lack {exc}") from None
         self.shrink = float(settings["shrink"])
         cost_mean, cost_std = float(settings["cost_mean"]), float(settings["cost_std"])
-        kmeans = [KMeansPredictor(a) for a in _members(arrays, "kmeans")]
-        components: list[list[Predictor]] = [
-            [MlpPredictor(a, cost_mean, cost_std) for a in _members(arrays, "mlp")],
-            [KMeansBag(kmeans)] if kmeans else [],
-            [TaskPredictor(a) for a in _members(arrays, "tasks")],
+        mlps, kmeans = _members(arrays, "mlp"), [KMeansPredictor(a) for a in _members(arrays, "kmeans")]
+        tasks = _members(arrays, "tasks")
+        if len(tasks) > 1:
+            raise ArtifactError(f"an ensemble has one task model (tasks0/), not {len(tasks)}")
+        self.components: list[Predictor] = [
+            *([MlpPredictor(mlps, cost_mean, cost_std)] if mlps else []),
+            *([KMeansBag(kmeans)] if kmeans else []),
+            *[TaskPredictor(a) for a in tasks],
         ]
-        self.components = [c for c in components if c]
 
     def components_mean(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The unshrunk ensemble: the mean over components of each component's mean over its members."""
-        accuracy = np.zeros((len(x), len(self.constant[0])))
-        cost = np.zeros_like(accuracy)
-        for members in self.components:
-            for member in members:
-                a, c = member.predict(x)
-                accuracy += a / (len(members) * len(self.components))
-                cost += c / (len(members) * len(self.components))
-        return accuracy, cost
+        """The unshrunk ensemble: the mean over components, each itself the mean over its members."""
+        predictions = [component.predict(x) for component in self.components]
+        return np.mean([a for a, _ in predictions], axis=0), np.mean([c for _, c in predictions], axis=0)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         acc0, cost0 = self.constant
@@ -236,7 +269,7 @@ class RouterArtifact:
 
     def predictor(self) -> Predictor:
         if self.family == "mlp":
-            return MlpPredictor(self.arrays, float(self.settings["cost_mean"]), float(self.settings["cost_std"]))
+            return MlpPredictor([self.arrays], float(self.settings["cost_mean"]), float(self.settings["cost_std"]))
         if self.family == "ensemble":
             return EnsemblePredictor(self.arrays, self.settings)
         return KMeansPredictor(self.arrays)

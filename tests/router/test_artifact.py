@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from tests.router.fixtures import MATH, POEM, tiny_static_embedder, two_topic_artifact
-from thrifty.router.artifact import ArtifactError, RouterArtifact, artifact_embedder, load_artifact
+from thrifty.router.artifact import (
+    ArtifactError,
+    EnsemblePredictor,
+    RouterArtifact,
+    artifact_embedder,
+    load_artifact,
+)
 from thrifty.router.embedding import EmbedderMismatch
 from thrifty.router.mlp import CostScale, RouterNet, predict, state_arrays
 
@@ -33,6 +39,29 @@ def test_numpy_mlp_prediction_matches_torch(tmp_path: Path) -> None:
     acc, cost = load_artifact(tmp_path / "r").predictor().predict(x)
     np.testing.assert_allclose(acc, expected_acc, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cost, expected_cost, rtol=1e-4)
+
+
+def test_ensemble_mlp_members_predict_the_mean_of_their_networks() -> None:
+    """The ensemble runs its networks as one wide network; the result is still each network's forward
+    pass, averaged (accuracy and cost alike)."""
+    scale = CostScale(mean=-9.0, std=1.5)
+    x = np.random.default_rng(1).normal(size=(4, 24)).astype(np.float32)
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(RouterNet(dim=24, models=3, width=64).eval())
+    expected = [predict(net, x, scale) for net in nets]
+    arrays = {f"mlp{i}/{k}": v for i, net in enumerate(nets) for k, v in state_arrays(net).items()}
+    arrays |= {"constant/accuracy": np.full(3, 0.5), "constant/cost": np.full(3, 1e-4)}
+    predictor = EnsemblePredictor(arrays, {"shrink": 1.0, "cost_mean": scale.mean, "cost_std": scale.std})
+    acc, cost = predictor.predict(x)
+    np.testing.assert_allclose(acc, np.mean([a for a, _ in expected], axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cost, np.mean([c for _, c in expected], axis=0), rtol=1e-4)
+    # Members that differ in shape are a broken artifact, not a crash.
+    torch.manual_seed(9)
+    arrays |= {f"mlp3/{k}": v for k, v in state_arrays(RouterNet(dim=24, models=3, width=32)).items()}
+    with pytest.raises(ArtifactError, match="do not share one shape"):
+        EnsemblePredictor(arrays, {"shrink": 1.0, "cost_mean": scale.mean, "cost_std": scale.std})
 
 
 def test_kmeans_artifact_round_trip_with_its_embedder(tmp_path: Path) -> None:
