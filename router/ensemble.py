@@ -23,6 +23,7 @@ Components (each leaves a client as model updates or aggregate statistics only):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,9 +90,7 @@ class TaskStats:
     def collect(cls, x: np.ndarray, table: OutcomeTable, min_queries: int = 1) -> TaskStats:
         """``min_queries``: a task with fewer queries is left out (a sum over one query is that query's
         embedding, which a client should not share)."""
-        counts: dict[str, int] = {}
-        for task in table.tasks:
-            counts[task] = counts.get(task, 0) + 1
+        counts = Counter(table.tasks)
         names = tuple(sorted(t for t, n in counts.items() if t and n >= min_queries))
         d, m = x.shape[1], len(table.models)
         stats = cls.empty(names, d, m)

@@ -153,6 +153,12 @@ def world_build(
     typer.echo(f"world ready: {out / 'manifest.json'}; results: {out / 'report' / 'RESULTS.md'}")
 
 
+FLOWER_MISSING = (
+    "federated training runs on Flower, which lives in the router-training environment: "
+    "make router-env, then .venv-router/bin/thrifty train router ... (or pass --central)"
+)
+
+
 @train_app.command("router")
 def train_router_command(
     data: Annotated[
@@ -241,10 +247,7 @@ def train_router_command(
         try:
             import flwr  # noqa: F401
         except ImportError:
-            raise _fail(
-                "federated training runs on Flower, which lives in the router-training environment: "
-                "make router-env, then .venv-router/bin/thrifty train router ... (or pass --central)"
-            ) from None
+            raise _fail(FLOWER_MISSING) from None
     try:
         split = PartitionPlan(
             clients=clients or 1,
@@ -284,10 +287,7 @@ def train_router_command(
     try:
         report = train_router(request)
     except ImportError:  # organisations named by the logs' client field: federated, and Flower is not here
-        raise _fail(
-            "federated training runs on Flower, which lives in the router-training environment: "
-            "make router-env, then .venv-router/bin/thrifty train router ... (or pass --central)"
-        ) from None
+        raise _fail(FLOWER_MISSING) from None
     except (OSError, ValueError, EvalLogError, EmbedderMismatch, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     from thrifty.router.artifact import read_manifest
