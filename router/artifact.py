@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
+from thrifty.router.ensemble import SHRINK_MAX, corrected
 from thrifty.server.kit.artifacts import ArtifactError, ArtifactWriter, Manifest, load_verified
 from thrifty.server.kit.artifacts import read_manifest as read_checked_manifest
 
@@ -81,8 +82,8 @@ class RouterManifest(Manifest):
                 raise ValueError("an MLP router's settings need a finite cost_mean and a cost_std > 0")
         if self.family == "ensemble":
             shrink = self.settings.get("shrink")
-            if not (_finite(shrink) and 0 <= shrink <= 1):
-                raise ValueError("an ensemble router's settings need a shrink in [0, 1]")
+            if not (_finite(shrink) and 0 <= shrink <= SHRINK_MAX):
+                raise ValueError(f"an ensemble router's settings need a shrink in [0, {SHRINK_MAX:g}]")
         return self
 
 
@@ -253,7 +254,7 @@ class EnsemblePredictor(Predictor):
         if self.shrink == 0.0 or not self.components:
             return np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1))
         accuracy, cost = self.components_mean(x)
-        return acc0 + self.shrink * (accuracy - acc0), cost0 + self.shrink * (cost - cost0)
+        return corrected(acc0, accuracy, self.shrink, 1.0), corrected(cost0, cost, self.shrink)
 
 
 @dataclass(frozen=True)

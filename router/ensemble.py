@@ -7,10 +7,13 @@ better than any of them. The served prediction is
     A(q) = Ā + s · (Ē(q) − Ā)          (and the same for cost)
 
 where Ā is each model's mean accuracy over the federation's training cells (the constant router),
-Ē(q) the equally weighted mean of the components below, and s ∈ [0, 1] the shrink chosen on the
-federation's validation cells: the lowest squared error among the shrinks that beat Ā by a significant
+Ē(q) the equally weighted mean of the components below, and s ∈ [0, SHRINK_MAX] the shrink chosen on
+the federation's validation cells: the lowest squared error among the shrinks that beat Ā by a significant
 margin (2.326 standard errors of the per-cell gains). When none does, s = 0 and the router *is* the
-constant router.
+constant router. s may exceed 1: every component is itself a shrunk estimate (K-means cells pulled toward
+the model means, the MLP stopped early, the LDA's covariance shrunk), and averaging components where they
+disagree shrinks once more, so the validation cells often ask for the correction undone a little (on the
+LLMRouter logs they chose 1.1–1.3). Predictions are clipped to accuracy in [0, 1] and cost ≥ 0.
 
 Components (each leaves a client as model updates or aggregate statistics only):
 - mlp: several federations of the paper's MLP from different seeds, their predictions averaged;
@@ -32,7 +35,8 @@ import numpy as np
 
 from thrifty.router.outcomes import OutcomeTable
 
-SHRINK_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+SHRINK_MAX = 2.0
+SHRINK_GRID = tuple(round(0.1 * i, 1) for i in range(int(SHRINK_MAX * 10) + 1))
 DEFAULT_MLP_MEMBERS = 3
 DEFAULT_LDA_SHRINKAGE = 0.1  # covariance shrinkage; on LLMRouter validation cross-entropy chose it on all seeds
 TASK_PRIOR_WEIGHT = 2.0  # pseudo-cells pulling a (task, model) mean toward the model's mean
@@ -190,6 +194,11 @@ def task_lookup(stats: TaskStats, constant: ModelStats) -> dict[str, tuple[np.nd
     return out
 
 
+def corrected(constant: np.ndarray, mean: np.ndarray, shrink: float, upper: float = np.inf) -> np.ndarray:
+    """Ā + s · (Ē − Ā), kept in [0, upper] (accuracy is at most 1; cost has no upper bound)."""
+    return np.asarray(np.clip(constant + shrink * (mean - constant), 0.0, upper))
+
+
 @dataclass(frozen=True, slots=True)
 class ShrinkErrors:
     """On validation cells, for each shrink in SHRINK_GRID: Σ squared error of the accuracy prediction, and
@@ -225,7 +234,7 @@ def shrink_errors(
     observed = table.observed
     truth = np.nan_to_num(table.scores)
     base = ((constant - truth) ** 2)[observed]
-    errors = [((constant + s * (ensemble - constant) - truth) ** 2)[observed] for s in SHRINK_GRID]
+    errors = [((corrected(constant, ensemble, s, 1.0) - truth) ** 2)[observed] for s in SHRINK_GRID]
     per_task = float("nan")
     if tasks:
         lookup = np.stack([tasks[t][0] if t in tasks else constant for t in table.tasks]) if len(table) else truth

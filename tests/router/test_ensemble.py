@@ -8,10 +8,12 @@ import pytest
 from thrifty.router.artifact import EnsemblePredictor, TaskPredictor
 from thrifty.router.ensemble import (
     SHRINK_GRID,
+    SHRINK_MAX,
     ModelStats,
     ShrinkErrors,
     TaskStats,
     choose_shrink,
+    corrected,
     ensemble_arrays,
     fit_tasks,
     shrink_errors,
@@ -90,11 +92,29 @@ def test_the_shrink_must_beat_the_constant_router_significantly() -> None:
     shrink, report = choose_shrink(errors)
     assert shrink == 1.0 and report["validation_mse"] == 0.0 and "per_task" not in str(report)
     # The same gain on one cell and a loss of nearly as much on another: not significant, so s = 0.
-    noisy = ShrinkErrors(np.array([1.0] + [0.9] * 10), np.array([0.0] + [0.2] * 10), float("nan"), 2.0)
+    rest = len(SHRINK_GRID) - 1
+    noisy = ShrinkErrors(np.array([1.0] + [0.9] * rest), np.array([0.0] + [0.2] * rest), float("nan"), 2.0)
     shrink, report = choose_shrink(noisy)
     assert shrink == 0.0 and verdict(report).startswith("not worth serving")
     assert choose_shrink(ShrinkErrors.zero())[0] == 0.0
     assert "no validation cells" in verdict(choose_shrink(ShrinkErrors.zero())[1])
+
+
+def test_an_attenuated_correction_is_scaled_up_and_predictions_stay_in_range() -> None:
+    # Components that agree on the direction but each say only 0.6 of it: validation asks for s ≈ 1/0.6.
+    rng = np.random.default_rng(3)
+    truth_p = rng.uniform(0.2, 0.8, size=(400, 2))
+    observed = rng.integers(0, 2, 400)
+    outcomes = (rng.random((400, 2)) < truth_p).astype(float)
+    cells = [(o[0], np.nan) if m == 0 else (np.nan, o[1]) for o, m in zip(outcomes, observed, strict=True)]
+    constant = np.array([0.5, 0.5])
+    errors = shrink_errors(constant + 0.6 * (truth_p - constant), constant, table([""] * 400, cells), None)
+    shrink, report = choose_shrink(errors)
+    assert SHRINK_GRID[-1] == SHRINK_MAX and 1.3 <= shrink <= SHRINK_MAX
+    assert report["validation_mse"] < report["validation_mse_by_shrink"]["1.0"]
+    # Scaled up past the data, accuracy is clipped to [0, 1] and cost to ≥ 0.
+    np.testing.assert_allclose(corrected(constant, np.array([[0.95, 0.02]]), 2.0, 1.0), [[1.0, 0.0]])
+    np.testing.assert_allclose(corrected(np.ones(2), np.array([0.4, 2.0]), 2.0), [0.0, 3.0])
 
 
 def test_a_shrink_of_zero_serves_exactly_the_constant_router() -> None:
@@ -110,4 +130,4 @@ def test_a_shrink_of_zero_serves_exactly_the_constant_router() -> None:
     half = EnsemblePredictor(arrays, settings | {"shrink": 0.5})
     mean, _ = full.components_mean(x[:3])
     np.testing.assert_allclose(half.predict(x[:3])[0], (flat + mean) / 2, rtol=1e-6)
-    assert len(full.components) == 2 and SHRINK_GRID[0] == 0.0 and SHRINK_GRID[-1] == 1.0
+    assert len(full.components) == 2 and SHRINK_GRID[0] == 0.0
