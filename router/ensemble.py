@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.router.kmeans import CellStats, KMeansRouterModel
 from thrifty.router.outcomes import OutcomeTable
 
 SHRINK_MAX = 2.0
@@ -319,6 +320,45 @@ def ensemble_arrays(
     if tasks is not None:
         arrays |= {f"tasks0/{k}": v for k, v in tasks.items()}
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """What the ensemble's non-MLP parts are made of, as sums clients can add up: per-model sums (the
+    constant router), per-(cluster, model) sums for every K-means member's centres, and the task sums."""
+
+    constant: ModelStats
+    cells: tuple[CellStats, ...]
+    tasks: TaskStats
+
+    @classmethod
+    def collect(
+        cls, x: np.ndarray, table: OutcomeTable, centres: Sequence[np.ndarray], min_task_queries: int = 1
+    ) -> Sums:
+        cells = tuple(CellStats.collect(x, table, c) for c in centres)
+        return cls(ModelStats.collect(table), cells, TaskStats.collect(x, table, min_task_queries))
+
+    def __add__(self, other: Sums) -> Sums:
+        if len(self.cells) != len(other.cells):
+            raise ValueError(f"{len(self.cells)} K-means members' sums cannot add to {len(other.cells)}")
+        cells = tuple(a + b for a, b in zip(self.cells, other.cells, strict=True))
+        return Sums(self.constant + other.constant, cells, self.tasks + other.tasks)
+
+
+def build_ensemble(
+    sums: Sums,
+    mlps: Sequence[dict[str, np.ndarray]],
+    centres: Sequence[np.ndarray],
+    prior_weight: float,
+    task_shrinkage: float,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]] | None]:
+    """The artifact's arrays from the MLP members and the sums, and the per-task baseline's lookup (None
+    without task labels)."""
+    members = zip(centres, sums.cells, strict=True)
+    kmeans = [KMeansRouterModel.from_stats(c, s, prior_weight).arrays() for c, s in members]
+    tasks = fit_tasks(sums.tasks, sums.constant, task_shrinkage)
+    lookup = task_lookup(sums.tasks, sums.constant) if tasks is not None else None
+    return ensemble_arrays(sums.constant, mlps, kmeans, tasks), lookup
 
 
 def lookup_arrays(lookup: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[list[str], np.ndarray]:

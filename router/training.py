@@ -20,16 +20,7 @@ import numpy as np
 
 from thrifty.router.artifact import RouterArtifact
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
-from thrifty.router.ensemble import (
-    ModelStats,
-    TaskStats,
-    choose_shrink,
-    ensemble_arrays,
-    fit_tasks,
-    shrink_errors,
-    task_lookup,
-    verdict,
-)
+from thrifty.router.ensemble import Sums, build_ensemble, choose_shrink, shrink_errors, verdict
 from thrifty.router.eval_log import read_eval_log, write_eval_log
 from thrifty.router.federated.local import HELD_OUT, TRAIN_LOG, VALIDATION_LOG
 from thrifty.router.kmeans import CellStats, KMeansRouterModel, assign, kmeans
@@ -191,7 +182,6 @@ def central_ensemble(
     from thrifty.router.artifact import EnsemblePredictor
     from thrifty.router.mlp import CostScale, state_arrays, train_central
 
-    constant = ModelStats.collect(data.train)
     plan = _mlp_plan(settings)
     epochs = int(settings["rounds"]) * int(settings["local_epochs"])
     scale = CostScale.fit(data.train.costs)
@@ -203,21 +193,25 @@ def central_ensemble(
         mlps.append(state_arrays(net))
         selected.append(history["selected_epoch"])
     clusters = [int(k) for k in str(settings["clusters"]).split(",")]
-    fitted, _ = fit_kmeans_candidates(
-        data, clusters, seed, float(settings["prior_weight"]), int(settings.get("restarts", 1))
-    )
-    task_stats = TaskStats.collect(data.x, data.train)
-    tasks = fit_tasks(task_stats, constant, float(settings["task_shrinkage"]))
-    arrays = ensemble_arrays(constant, mlps, [m.arrays() for m in fitted.values()], tasks)
+    prior, task_shrinkage = float(settings["prior_weight"]), float(settings["task_shrinkage"])
+    fitted, _ = fit_kmeans_candidates(data, clusters, seed, prior, int(settings.get("restarts", 1)))
+    centres = [m.centres for m in fitted.values()]
+    sums = Sums.collect(data.x, data.train, centres)
+    arrays, lookup = build_ensemble(sums, mlps, centres, prior, task_shrinkage)
     extra = {"cost_mean": scale.mean, "cost_std": scale.std, "width": plan.width, "dropout": plan.dropout}
     full = EnsemblePredictor(arrays, extra | {"shrink": 1.0})
-    lookup = task_lookup(task_stats, constant) if tasks is not None else None
-    errors = shrink_errors(full.components_mean(data.x_validation)[0], constant.means()[0], data.validation, lookup)
+    ensemble = full.components_mean(data.x_validation)[0]
+    errors = shrink_errors(ensemble, sums.constant.means()[0], data.validation, lookup)
     shrink, report = choose_shrink(errors)
+    refit = bool(settings.get("refit", True)) and len(data.validation) > 0
+    if refit:  # the shrink is chosen: the validation cells join the sums the served router is built from
+        sums = sums + Sums.collect(data.x_validation, data.validation, centres)
+        arrays, _ = build_ensemble(sums, mlps, centres, prior, task_shrinkage)
     metrics = report | {
         "mlp_selected_epochs": selected,
         "kmeans_members": len(fitted),
-        "task_labels": list(task_stats.names) if tasks is not None else [],
+        "task_labels": list(sums.tasks.names) if lookup is not None else [],
+        "refit_with_validation": refit,
         "verdict": verdict(report),
     }
     return arrays, extra | {"shrink": shrink}, metrics

@@ -218,6 +218,9 @@ def train_router_command(
     clusters: Annotated[str, typer.Option(help="K-means: candidate K, chosen on validation cells")] = "4,8,16,32",
     restarts: Annotated[int, typer.Option(help="K-means: clusterings per K (seeds), chosen on validation")] = 5,
     mlp_members: Annotated[int, typer.Option("--mlp-members", min=1, help="ensemble: MLP federations averaged")] = 3,
+    refit: Annotated[
+        bool, typer.Option("--refit/--no-refit", help="ensemble: add validation cells to the sums after choosing s")
+    ] = True,
     seed: Annotated[int, typer.Option(help="partition and training seed")] = 0,
 ) -> None:
     """Train a router and write its artifact.
@@ -279,6 +282,7 @@ def train_router_command(
                 "clusters": clusters,
                 "restarts": restarts,
                 "mlp_members": mlp_members,
+                "refit": refit,
             },
         )
     except ValueError as exc:

@@ -11,7 +11,8 @@ Messages it answers:
 - ``query.describe``: models evaluated (with cell counts), log-cost moments, a digest of the logs.
 - ``train`` / ``evaluate``: the MLP router's local epochs / validation loss (FedAvg).
 - ``query.centroids``, ``query.cells``, ``query.validate``: the K-means router's passes.
-- ``query.tasks``, ``query.ensemble``: the ensemble's task sums, and its validation error per shrink.
+- ``query.tasks``, ``query.ensemble``, ``query.refit``: the ensemble's task sums, its validation error
+  per shrink, and (once the shrink is chosen) the model, cell and task sums over the validation cells.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from thrifty.router.embedding import Embedder
+from thrifty.router.ensemble import TaskStats
 from thrifty.router.federated import local
+from thrifty.router.kmeans import CellStats
 
 app = ClientApp()
 
@@ -137,14 +140,17 @@ def centroids(message: Message, context: Context) -> Message:
     return _reply(message, centroids=_arrays({"centres": centres, "sizes": sizes}))
 
 
+def _cell_arrays(name: str, stats: CellStats) -> dict[str, np.ndarray]:
+    return {f"{name}/score": stats.score_sum, f"{name}/cost": stats.cost_sum, f"{name}/count": stats.count}
+
+
 @app.query("cells")
 def cells(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
     out: dict[str, np.ndarray] = {}
     for name, array in message.content.array_records["centres"].items():
-        stats = local.cell_stats(data, array.numpy())
-        out |= {f"{name}/score": stats.score_sum, f"{name}/cost": stats.cost_sum, f"{name}/count": stats.count}
+        out |= _cell_arrays(name, local.cell_stats(data, array.numpy()))
     return _reply(message, stats=_arrays(out))
 
 
@@ -163,10 +169,7 @@ def validate(message: Message, context: Context) -> Message:
     return _reply(message, metrics=MetricRecord(errors))
 
 
-@app.query("tasks")
-def tasks(message: Message, context: Context) -> Message:
-    data = _data(context, _config(message))
-    stats = local.task_stats(data)
+def _task_records(stats: TaskStats) -> tuple[ConfigRecord, ArrayRecord]:
     arrays = {
         "queries": stats.queries,
         "x-sum": stats.x_sum,
@@ -175,7 +178,13 @@ def tasks(message: Message, context: Context) -> Message:
         "cost-sum": stats.cost_sum,
         "count": stats.count,
     }
-    return _reply(message, info=ConfigRecord({"names": list(stats.names)}), stats=_arrays(arrays))
+    return ConfigRecord({"names": list(stats.names)}), _arrays(arrays)
+
+
+@app.query("tasks")
+def tasks(message: Message, context: Context) -> Message:
+    info, stats = _task_records(local.task_stats(_data(context, _config(message))))
+    return _reply(message, info=info, stats=stats)
 
 
 @app.query("ensemble")
@@ -197,3 +206,20 @@ def ensemble(message: Message, context: Context) -> Message:
             }
         ),
     )
+
+
+@app.query("refit")
+def refit(message: Message, context: Context) -> Message:
+    data = _data(context, _config(message))
+    record = message.content.array_records["centres"]
+    names = sorted(record)
+    sums = local.validation_sums(data, [record[name].numpy() for name in names])
+    cells: dict[str, np.ndarray] = {
+        "constant/score": sums.constant.score_sum,
+        "constant/cost": sums.constant.cost_sum,
+        "constant/count": sums.constant.count,
+    }
+    for name, stats in zip(names, sums.cells, strict=True):
+        cells |= _cell_arrays(name, stats)
+    info, task_arrays = _task_records(sums.tasks)
+    return _reply(message, info=info, tasks=task_arrays, stats=_arrays(cells))

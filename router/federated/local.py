@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
-from thrifty.router.ensemble import MIN_SHARED_TASK_QUERIES, ShrinkErrors, TaskStats, shrink_errors
+from thrifty.router.ensemble import MIN_SHARED_TASK_QUERIES, ShrinkErrors, Sums, TaskStats, shrink_errors
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
@@ -213,6 +213,13 @@ def task_stats(data: LocalData) -> TaskStats:
     """Per task label: query counts, Σ embedding, Σ x·xᵀ and per-(task, model) cell sums (no queries); a
     task with too few queries here to hide any one of them is left out."""
     return TaskStats.collect(data.x_train, data.train, MIN_SHARED_TASK_QUERIES)
+
+
+def validation_sums(data: LocalData, centres: list[np.ndarray]) -> Sums:
+    """The refit's part from this client: the sums of :func:`task_stats`, :func:`cell_stats` and the
+    per-model sums, over its validation cells (added to the training sums once the shrink is chosen). A
+    task leaves its sums here only over enough validation queries to hide each one, as in training."""
+    return Sums.collect(data.x_validation, data.validation, centres, MIN_SHARED_TASK_QUERIES)
 
 
 def ensemble_validation(

@@ -27,6 +27,7 @@ class FederatedPlan:
     prior_weight: float = 2.0  # K-means: pseudo-cells shrinking a cell's means toward the model's
     mlp_members: int = 3  # ensemble: MLP federations from different seeds, their predictions averaged
     task_shrinkage: float = 0.1  # ensemble: covariance shrinkage of the task LDA (logs with task labels)
+    refit: bool = True  # ensemble: once the shrink is chosen, validation cells join the K-means, task and model sums
     seed: int = 0
     embedder: str = "static"  # static | minilm | minilm-int8
     embedder_dir: str = ""  # a static embedder's folder (on the server, and by default on clients)

@@ -33,12 +33,11 @@ from thrifty.router.embedding import Embedder, load_embedder
 from thrifty.router.ensemble import (
     ModelStats,
     ShrinkErrors,
+    Sums,
     TaskStats,
+    build_ensemble,
     choose_shrink,
-    ensemble_arrays,
-    fit_tasks,
     lookup_arrays,
-    task_lookup,
     verdict,
 )
 from thrifty.router.federated.plan import FederatedPlan
@@ -179,11 +178,19 @@ def train_mlp(
     return arrays, settings, metrics
 
 
+def _arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in values.items()})
+
+
+def _cell_stats(record: ArrayRecord, name: str) -> CellStats:
+    return CellStats(record[f"{name}/score"].numpy(), record[f"{name}/cost"].numpy(), record[f"{name}/count"].numpy())
+
+
 def kmeans_candidates(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
-) -> tuple[dict[str, KMeansRouterModel], dict[str, tuple[int, int]], dict[str, float]]:
+) -> tuple[dict[str, KMeansRouterModel], dict[str, tuple[int, int]], dict[str, float], dict[str, CellStats]]:
     """Both K-means passes and the validation pass for every candidate (K, restart): the fitted models,
-    their (K, restart) and their validation squared error."""
+    their (K, restart), their validation squared error and the cell sums they were fitted from."""
     config = ConfigRecord(_common_config(plan, models, embedder) | {"local-k": plan.local_clusters})
     # Pass 1: clients' own centroids and sizes.
     replies = ask(grid, nodes, "centroids", plan, config=config)
@@ -202,9 +209,7 @@ def kmeans_candidates(
     for reply in replies:
         record = reply.content.array_records["stats"]
         for name in candidates:
-            stats = CellStats(
-                record[f"{name}/score"].numpy(), record[f"{name}/cost"].numpy(), record[f"{name}/count"].numpy()
-            )
+            stats = _cell_stats(record, name)
             totals[name] = totals[name] + stats if name in totals else stats
     fitted = {
         name: KMeansRouterModel.from_stats(candidates[name], totals[name], plan.prior_weight) for name in candidates
@@ -218,13 +223,13 @@ def kmeans_candidates(
     count = {n: sum(float(r.content.metric_records["metrics"][f"{n}/count"]) for r in replies) for n in fitted}
     if min(count.values()) == 0:
         raise FederationError("no client has validation cells to choose K with")
-    return fitted, choices, {n: error[n] / count[n] for n in fitted}
+    return fitted, choices, {n: error[n] / count[n] for n in fitted}, totals
 
 
 def train_kmeans(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
-    fitted, choices, loss = kmeans_candidates(grid, plan, nodes, models, embedder)
+    fitted, choices, loss, _ = kmeans_candidates(grid, plan, nodes, models, embedder)
     best = min(fitted, key=lambda n: (loss[n], choices[n]))
     k, restart = choices[best]
     settings = {"clusters": k, "prior_weight": plan.prior_weight}
@@ -239,6 +244,19 @@ def train_kmeans(
     return fitted[best].arrays(), settings, metrics
 
 
+def _task_stats(reply: Message, info: str, arrays: str) -> TaskStats:
+    record = reply.content.array_records[arrays]
+    return TaskStats(
+        tuple(str(n) for n in reply.content.config_records[info]["names"]),  # type: ignore[union-attr]
+        record["queries"].numpy(),
+        record["x-sum"].numpy(),
+        record["scatter"].numpy(),
+        record["score-sum"].numpy(),
+        record["cost-sum"].numpy(),
+        record["count"].numpy(),
+    )
+
+
 def federated_tasks(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
 ) -> TaskStats:
@@ -246,18 +264,30 @@ def federated_tasks(
     config = ConfigRecord(_common_config(plan, models, embedder))
     total = TaskStats.empty((), embedder.dim, len(models))
     for reply in ask(grid, nodes, "tasks", plan, config=config):
-        record = reply.content.array_records["stats"]
-        names = [str(n) for n in reply.content.config_records["info"]["names"]]  # type: ignore[union-attr]
-        part = TaskStats(
-            tuple(names),
-            record["queries"].numpy(),
-            record["x-sum"].numpy(),
-            record["scatter"].numpy(),
-            record["score-sum"].numpy(),
-            record["cost-sum"].numpy(),
-            record["count"].numpy(),
-        )
-        total = total + part
+        total = total + _task_stats(reply, "info", "stats")
+    return total
+
+
+def validation_sums(
+    grid: Grid,
+    plan: FederatedPlan,
+    nodes: list[int],
+    models: list[str],
+    embedder: Embedder,
+    centres: dict[str, np.ndarray],
+) -> Sums:
+    """The clients' model, cell (for every K-means member's ``centres``, in the order of their names) and
+    task sums over their validation cells, added up."""
+    config = ConfigRecord(_common_config(plan, models, embedder))
+    names = sorted(centres)  # the order of the sums' cells, as clients answer
+    total: Sums | None = None
+    for reply in ask(grid, nodes, "refit", plan, config=config, centres=_arrays({n: centres[n] for n in names})):
+        stats = reply.content.array_records["stats"]
+        constant = ModelStats(*(stats[f"constant/{part}"].numpy() for part in ("score", "cost", "count")))
+        part = Sums(constant, tuple(_cell_stats(stats, n) for n in names), _task_stats(reply, "info", "tasks"))
+        total = part if total is None else total + part
+    if total is None:
+        raise FederationError("no client answered the refit")
     return total
 
 
@@ -278,15 +308,15 @@ def train_ensemble(
         )
         mlps.append(arrays)
         rounds.append(metrics["selected_round"])
-    fitted, _, _ = kmeans_candidates(grid, plan, nodes, models, embedder)
-    task_stats = federated_tasks(grid, plan, nodes, models, embedder)
-    tasks = fit_tasks(task_stats, constant, plan.task_shrinkage)
-    arrays = ensemble_arrays(constant, mlps, [m.arrays() for m in fitted.values()], tasks)
-    lookup = task_lookup(task_stats, constant) if tasks is not None else {}
-    names, table = lookup_arrays(lookup)
+    fitted, _, _, cells = kmeans_candidates(grid, plan, nodes, models, embedder)
+    names = sorted(fitted)
+    centres = [fitted[n].centres for n in names]
+    sums = Sums(constant, tuple(cells[n] for n in names), federated_tasks(grid, plan, nodes, models, embedder))
+    arrays, lookup = build_ensemble(sums, mlps, centres, plan.prior_weight, plan.task_shrinkage)
+    task_names, table = lookup_arrays(lookup or {})
     config = ConfigRecord(
         _common_config(plan, models, embedder)
-        | {"cost-mean": settings["cost_mean"], "cost-std": settings["cost_std"], "task-names": names}
+        | {"cost-mean": settings["cost_mean"], "cost-std": settings["cost_std"], "task-names": task_names}
     )
     replies = ask(
         grid,
@@ -294,8 +324,8 @@ def train_ensemble(
         "ensemble",
         plan,
         config=config,
-        arrays=ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-        lookup=ArrayRecord({"accuracy": Array(np.asarray(table, dtype=np.float64))}),
+        arrays=_arrays(arrays),
+        lookup=_arrays({"accuracy": np.asarray(table, dtype=np.float64)}),
     )
     errors = ShrinkErrors.zero()
     for reply in replies:
@@ -309,10 +339,15 @@ def train_ensemble(
     if not lookup:
         errors = replace(errors, per_task=float("nan"))
     shrink, report = choose_shrink(errors)
+    refit = plan.refit and errors.count > 0
+    if refit:  # the shrink is chosen: the validation cells join the sums the served router is built from
+        sums = sums + validation_sums(grid, plan, nodes, models, embedder, dict(zip(names, centres, strict=True)))
+        arrays, _ = build_ensemble(sums, mlps, centres, plan.prior_weight, plan.task_shrinkage)
     metrics = report | {
         "mlp_selected_rounds": rounds,
         "kmeans_members": len(fitted),
-        "task_labels": list(task_stats.names) if tasks is not None else [],
+        "task_labels": list(sums.tasks.names) if lookup else [],
+        "refit_with_validation": refit,
         "verdict": verdict(report),
     }
     return arrays, settings | {"shrink": shrink}, metrics

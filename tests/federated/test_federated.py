@@ -6,11 +6,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.federated.synthetic import MATH_PROBE, POEM_PROBE, write_log
 from tests.router.fixtures import tiny_static_embedder
 from thrifty.router import ModelCandidate, RoutingRequest
+from thrifty.router.artifact import load_artifact
+from thrifty.router.eval_log import read_eval_log
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.federated.simulation import SimulationFailed, simulate
 from thrifty.router.learned import LearnedRouter
@@ -61,6 +64,13 @@ async def test_federated_training_learns_who_is_right_where(tmp_path: Path, fami
         assert metrics["shrink"] > 0 and metrics["validation_mse"] < 0.8 * metrics["validation_mse_constant"]
         assert metrics["verdict"].startswith("validation squared error")
         assert set(manifest["settings"]) >= {"shrink", "cost_mean", "cost_std"}
+        # Once the shrink is chosen the validation cells join the sums: the served model averages are
+        # every cell's, training and validation (no test split here).
+        assert metrics["refit_with_validation"] is True
+        served = load_artifact(out).arrays["constant/accuracy"]
+        cells = list(read_eval_log(log))
+        means = [np.mean([r.score for r in cells if r.model == m]) for m in ("big", "small")]
+        np.testing.assert_allclose(served, means, rtol=1e-6)
     elif family == "mlp":
         losses = manifest["metrics"]["validation_loss_by_round"]
         assert len(losses) == 6 and manifest["metrics"]["validation_loss"] == min(losses)

@@ -11,6 +11,7 @@ from thrifty.router.ensemble import (
     SHRINK_MAX,
     ModelStats,
     ShrinkErrors,
+    Sums,
     TaskStats,
     choose_shrink,
     corrected,
@@ -60,6 +61,18 @@ def test_sums_from_two_clients_equal_the_sums_over_their_union() -> None:
         np.testing.assert_allclose(getattr(parts, field), getattr(whole, field))
     models = ModelStats.collect(data.subset(first)) + ModelStats.collect(data.subset(second))
     np.testing.assert_allclose(models.means()[0], np.nanmean(data.scores, 0))
+    # All of the ensemble's sums at once (the refit adds the validation cells' to the training cells').
+    centres = [np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]), np.zeros((1, 4))]
+    halves = Sums.collect(x[first], data.subset(first), centres) + Sums.collect(x[second], data.subset(second), centres)
+    union = Sums.collect(x, data, centres)
+    np.testing.assert_allclose(halves.constant.score_sum, union.constant.score_sum)
+    np.testing.assert_allclose(halves.tasks.scatter, union.tasks.scatter)
+    for a, b in zip(halves.cells, union.cells, strict=True):
+        np.testing.assert_allclose(a.count, b.count)
+        np.testing.assert_allclose(a.score_sum, b.score_sum)
+    assert union.cells[1].count.sum() == data.observed.sum()
+    with pytest.raises(ValueError, match="K-means members"):
+        _ = union + Sums.collect(x, data, centres[:1])
 
 
 def test_a_task_too_small_to_hide_a_query_is_not_shared() -> None:

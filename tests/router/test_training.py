@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.federated.synthetic import ACCURACY, COST, records
 from tests.router.fixtures import tiny_static_embedder
-from thrifty.router.artifact import load_artifact
+from thrifty.router.artifact import RouterArtifact, load_artifact
 from thrifty.router.eval_log import EvalRecord, read_eval_log, write_eval_log
 from thrifty.router.partition import PartitionPlan
 from thrifty.router.training import TrainRequest, train_router
@@ -116,6 +116,37 @@ def test_the_ensemble_is_the_constant_router_when_queries_carry_no_signal(tmp_pa
     assert artifact.metrics["verdict"].startswith("not worth serving")
     accuracy, cost = artifact.predictor().predict(np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32))
     assert np.allclose(accuracy, accuracy[0]) and np.allclose(accuracy[0], artifact.arrays["constant/accuracy"])
+
+
+def test_once_the_shrink_is_chosen_the_validation_cells_join_the_sums(tmp_path: Path, embedder_dir: Path) -> None:
+    log = plain_log(tmp_path / "eval.jsonl", clients=2, per_client=200)
+
+    def train(out: str, refit: bool) -> RouterArtifact:
+        request = TrainRequest(
+            data=[log],
+            out=tmp_path / out,
+            embedder="static",
+            embedder_dir=embedder_dir,
+            settings=SMALL | {"refit": refit},
+        )
+        return load_artifact(train_router(request).artifact)
+
+    refit, plain = train("a", True), train("b", False)
+    # The same choice (made before the refit, on the validation cells alone) ...
+    assert refit.settings["shrink"] == plain.settings["shrink"] > 0
+    assert refit.metrics["validation_mse"] == plain.metrics["validation_mse"]
+    assert refit.metrics["refit_with_validation"] is True and plain.metrics["refit_with_validation"] is False
+    # ... served from every cell of the log, against the training cells alone.
+    cells = list(read_eval_log(log))
+    for model, column in (("big", 0), ("small", 1)):
+        mean = np.mean([r.score for r in cells if r.model == model])
+        assert refit.arrays["constant/accuracy"][column] == pytest.approx(mean, rel=1e-6)
+        assert plain.arrays["constant/accuracy"][column] != pytest.approx(mean, rel=1e-6)
+    kmeans_cells = [refit.arrays[k].sum() for k in refit.arrays if k.startswith("kmeans") and k.endswith("/count")]
+    assert kmeans_cells and all(n == len(cells) for n in kmeans_cells)
+    # The MLPs stay as trained (their rounds were chosen on those cells); the task LDA is refitted.
+    assert all(np.array_equal(refit.arrays[k], v) for k, v in plain.arrays.items() if k.startswith("mlp"))
+    assert not np.array_equal(refit.arrays["tasks0/weights"], plain.arrays["tasks0/weights"])
 
 
 def test_the_cli_trains_and_evaluates(tmp_path: Path, embedder_dir: Path) -> None:
