@@ -15,6 +15,10 @@ the model means, the MLP stopped early, the LDA's covariance shrunk), and averag
 disagree shrinks once more, so the validation cells often ask for the correction undone a little (on the
 LLMRouter logs they chose 1.1–1.3). Predictions are clipped to accuracy in [0, 1] and cost ≥ 0.
 
+Once s is chosen, the validation cells have done their job and join the training cells in every sum the
+served router is built from (:class:`Sums`: the model averages, every K-means member's cells, the task
+LDA); the MLPs stay as trained, since their rounds were chosen on those cells.
+
 Components (each leaves a client as model updates or aggregate statistics only):
 - mlp: several federations of the paper's MLP from different seeds, their predictions averaged;
 - kmeans: every (K, restart) model the two-pass K-means fits (it fits them anyway to choose one),
