@@ -232,6 +232,8 @@ class EnsemblePredictor(Predictor):
             self.constant = (arrays["constant/accuracy"].astype(np.float64), arrays["constant/cost"].astype(np.float64))
         except KeyError as exc:
             raise ArtifactError(f"the ensemble arrays lack {exc}") from None
+        count = arrays.get("constant/count")  # absent from artifacts made before it was kept
+        self.unseen = np.zeros(len(self.constant[0]), dtype=bool) if count is None else np.asarray(count) <= 0
         self.shrink = float(settings["shrink"])
         cost_mean, cost_std = float(settings["cost_mean"]), float(settings["cost_std"])
         mlps, kmeans = _members(arrays, "mlp"), [KMeansPredictor(a) for a in _members(arrays, "kmeans")]
@@ -245,9 +247,15 @@ class EnsemblePredictor(Predictor):
         ]
 
     def components_mean(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The unshrunk ensemble: the mean over components, each itself the mean over its members."""
+        """The unshrunk ensemble: the mean over components, each itself the mean over its members. A model
+        with no training cell has nothing to correct its averages with: it gets the constant's."""
         predictions = [component.predict(x) for component in self.components]
-        return np.mean([a for a, _ in predictions], axis=0), np.mean([c for _, c in predictions], axis=0)
+        accuracy = np.mean([a for a, _ in predictions], axis=0)
+        cost = np.mean([c for _, c in predictions], axis=0)
+        unseen = self.unseen
+        if unseen.any():
+            accuracy[:, unseen], cost[:, unseen] = self.constant[0][unseen], self.constant[1][unseen]
+        return accuracy, cost
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         acc0, cost0 = self.constant

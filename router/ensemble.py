@@ -316,7 +316,7 @@ def ensemble_arrays(
 ) -> dict[str, np.ndarray]:
     """The artifact's arrays: ``constant/*``, ``mlp<i>/*``, ``kmeans<j>/*`` and ``tasks0/*``."""
     accuracy, cost = constant.means()
-    arrays = {"constant/accuracy": accuracy, "constant/cost": cost}
+    arrays = {"constant/accuracy": accuracy, "constant/cost": cost, "constant/count": constant.count}
     for i, member in enumerate(mlps):
         arrays |= {f"mlp{i}/{k}": v for k, v in member.items()}
     for j, member in enumerate(kmeans):

@@ -86,10 +86,12 @@ class KMeansRouterModel:
     @classmethod
     def from_stats(cls, centres: np.ndarray, stats: CellStats, prior_weight: float = 2.0) -> KMeansRouterModel:
         """Cell means, shrunk toward the model's mean over all clusters by ``prior_weight`` pseudo-cells
-        (a cell nobody observed falls back to that model-wide mean)."""
+        (a cell nobody observed falls back to that model-wide mean; a model nobody observed, to the mean
+        over every model's cells, not to a free model that is never right)."""
         total = stats.count.sum(0)
-        model_acc = stats.score_sum.sum(0) / np.maximum(total, 1e-12)
-        model_cost = stats.cost_sum.sum(0) / np.maximum(total, 1e-12)
+        everything, seen, per_model = max(float(total.sum()), 1e-12), total > 0, np.maximum(total, 1e-12)
+        model_acc = np.where(seen, stats.score_sum.sum(0) / per_model, stats.score_sum.sum() / everything)
+        model_cost = np.where(seen, stats.cost_sum.sum(0) / per_model, stats.cost_sum.sum() / everything)
         accuracy = (stats.score_sum + prior_weight * model_acc) / (stats.count + prior_weight)
         cost = (stats.cost_sum + prior_weight * model_cost) / (stats.count + prior_weight)
         return cls(centres, accuracy, cost, stats.count)

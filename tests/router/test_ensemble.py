@@ -13,6 +13,7 @@ from thrifty.router.ensemble import (
     ShrinkErrors,
     Sums,
     TaskStats,
+    build_ensemble,
     choose_shrink,
     corrected,
     ensemble_arrays,
@@ -20,6 +21,7 @@ from thrifty.router.ensemble import (
     shrink_errors,
     verdict,
 )
+from thrifty.router.kmeans import KMeansRouterModel
 from thrifty.router.outcomes import OutcomeTable
 
 MODELS = ("big", "small")
@@ -144,3 +146,29 @@ def test_a_shrink_of_zero_serves_exactly_the_constant_router() -> None:
     mean, _ = full.components_mean(x[:3])
     np.testing.assert_allclose(half.predict(x[:3])[0], (flat + mean) / 2, rtol=1e-6)
     assert len(full.components) == 2 and SHRINK_GRID[0] == 0.0
+
+
+def test_a_model_without_training_cells_keeps_the_model_averages() -> None:
+    # One organisation's log that never evaluated "never": no component knows anything about it, and it
+    # must not look free or hopeless (K-means once predicted 0 cost and 0 accuracy for it).
+    rng = np.random.default_rng(4)
+    x, two = two_tasks(rng, 200)
+    scores = np.concatenate([two.scores, np.full((len(two), 1), np.nan)], axis=1)
+    data = OutcomeTable(
+        two.queries, (*MODELS, "never"), scores, np.where(np.isnan(scores), np.nan, 1e-3), two.tasks, two.clients
+    )
+    centres = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
+    sums = Sums.collect(x, data, [centres])
+    model = KMeansRouterModel.from_stats(centres, sums.cells[0])
+    everything = np.nanmean(data.scores)
+    np.testing.assert_allclose(model.accuracy[:, 2], everything)
+    np.testing.assert_allclose(model.cost[:, 2], 1e-3)
+    arrays, _ = build_ensemble(sums, [], [centres], 2.0, 0.1)
+    constant_accuracy, constant_cost = sums.constant.means()
+    assert constant_accuracy[2] == pytest.approx(everything)
+    for shrink in (1.0, SHRINK_MAX):
+        predictor = EnsemblePredictor(arrays, {"shrink": shrink, "cost_mean": 0.0, "cost_std": 1.0})
+        accuracy, cost = predictor.predict(x[:20])
+        np.testing.assert_allclose(accuracy[:, 2], constant_accuracy[2])
+        np.testing.assert_allclose(cost[:, 2], constant_cost[2])
+        assert accuracy[:, 1].std() > 0.1  # the models it has seen still get their corrections
