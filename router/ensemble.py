@@ -69,9 +69,11 @@ class ModelStats:
         return ModelStats(self.score_sum + other.score_sum, self.cost_sum + other.cost_sum, self.count + other.count)
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
-        """(accuracy, cost) per model; a model nobody observed gets the mean over all cells."""
+        """(accuracy, cost) per model. A model nobody observed gets accuracy 0 at the mean cost over all
+        cells: the cheapest observed model is at least as good and no dearer, so it is never routed to (a
+        router has no business sending traffic to a model it has never seen answer)."""
         total = max(float(self.count.sum()), 1e-12)
-        fallback = (float(self.score_sum.sum()) / total, float(self.cost_sum.sum()) / total)
+        fallback = (0.0, float(self.cost_sum.sum()) / total)
         seen = self.count > 0
         count = np.maximum(self.count, 1e-12)
         return (

@@ -86,11 +86,12 @@ class KMeansRouterModel:
     @classmethod
     def from_stats(cls, centres: np.ndarray, stats: CellStats, prior_weight: float = 2.0) -> KMeansRouterModel:
         """Cell means, shrunk toward the model's mean over all clusters by ``prior_weight`` pseudo-cells
-        (a cell nobody observed falls back to that model-wide mean; a model nobody observed, to the mean
-        over every model's cells, not to a free model that is never right)."""
+        (a cell nobody observed falls back to that model-wide mean). A model nobody observed gets accuracy
+        0 at the mean cost over all cells, as the ensemble's model averages do: never routed to, rather
+        than free."""
         total = stats.count.sum(0)
         everything, seen, per_model = max(float(total.sum()), 1e-12), total > 0, np.maximum(total, 1e-12)
-        model_acc = np.where(seen, stats.score_sum.sum(0) / per_model, stats.score_sum.sum() / everything)
+        model_acc = np.where(seen, stats.score_sum.sum(0) / per_model, 0.0)
         model_cost = np.where(seen, stats.cost_sum.sum(0) / per_model, stats.cost_sum.sum() / everything)
         accuracy = (stats.score_sum + prior_weight * model_acc) / (stats.count + prior_weight)
         cost = (stats.cost_sum + prior_weight * model_cost) / (stats.count + prior_weight)

@@ -149,8 +149,8 @@ def test_a_shrink_of_zero_serves_exactly_the_constant_router() -> None:
 
 
 def test_a_model_without_training_cells_keeps_the_model_averages() -> None:
-    # One organisation's log that never evaluated "never": no component knows anything about it, and it
-    # must not look free or hopeless (K-means once predicted 0 cost and 0 accuracy for it).
+    # One organisation's log that never evaluated "never": no component knows anything about it. It gets
+    # accuracy 0 at the mean cost, so it is never chosen (K-means once predicted it free: 0 cost).
     rng = np.random.default_rng(4)
     x, two = two_tasks(rng, 200)
     scores = np.concatenate([two.scores, np.full((len(two), 1), np.nan)], axis=1)
@@ -160,15 +160,16 @@ def test_a_model_without_training_cells_keeps_the_model_averages() -> None:
     centres = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
     sums = Sums.collect(x, data, [centres])
     model = KMeansRouterModel.from_stats(centres, sums.cells[0])
-    everything = np.nanmean(data.scores)
-    np.testing.assert_allclose(model.accuracy[:, 2], everything)
+    np.testing.assert_allclose(model.accuracy[:, 2], 0.0)
     np.testing.assert_allclose(model.cost[:, 2], 1e-3)
     arrays, _ = build_ensemble(sums, [], [centres], 2.0, 0.1)
     constant_accuracy, constant_cost = sums.constant.means()
-    assert constant_accuracy[2] == pytest.approx(everything)
+    assert constant_accuracy[2] == 0.0 and constant_cost[2] == pytest.approx(1e-3)
     for shrink in (1.0, SHRINK_MAX):
         predictor = EnsemblePredictor(arrays, {"shrink": shrink, "cost_mean": 0.0, "cost_std": 1.0})
         accuracy, cost = predictor.predict(x[:20])
         np.testing.assert_allclose(accuracy[:, 2], constant_accuracy[2])
         np.testing.assert_allclose(cost[:, 2], constant_cost[2])
         assert accuracy[:, 1].std() > 0.1  # the models it has seen still get their corrections
+        for lam in (0.0, 1e3, 1e9):  # never the best choice, whatever accuracy is worth against cost
+            assert not ((accuracy - lam * cost).argmax(1) == 2).any()
