@@ -20,13 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from thrifty.router.embedding import Embedder
-from thrifty.router.ensemble import TaskStats
 from thrifty.router.federated import local
-from thrifty.router.kmeans import CellStats
+from thrifty.router.federated.records import arrays_record, numpy_arrays, sum_arrays, task_records
 
 app = ClientApp()
 
@@ -62,14 +61,6 @@ def _data(context: Context, config: ConfigRecord) -> local.LocalData:
 
 def _reply(message: Message, **records: ArrayRecord | MetricRecord | ConfigRecord) -> Message:
     return Message(RecordDict(dict(records)), reply_to=message)
-
-
-def _arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in values.items()})
-
-
-def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}
 
 
 @app.query("describe")
@@ -114,11 +105,11 @@ def _mlp_round(config: ConfigRecord, data: local.LocalData) -> local.MlpRound:
 def train(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
-    state = _numpy(message.content.array_records["arrays"])
+    state = numpy_arrays(message.content.array_records["arrays"])
     new_state, loss, cells = local.mlp_train(data, _mlp_round(config, data), state)
     return _reply(
         message,
-        arrays=_arrays(new_state),
+        arrays=arrays_record(new_state),
         metrics=MetricRecord({"train-loss": loss, "num-examples": cells}),
     )
 
@@ -127,7 +118,7 @@ def train(message: Message, context: Context) -> Message:
 def evaluate(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
-    state = _numpy(message.content.array_records["arrays"])
+    state = numpy_arrays(message.content.array_records["arrays"])
     loss, cells = local.mlp_validation(data, _mlp_round(config, data), state)
     return _reply(message, metrics=MetricRecord({"validation-loss": loss, "num-examples": cells}))
 
@@ -137,11 +128,7 @@ def centroids(message: Message, context: Context) -> Message:
     config = _config(message)
     data = _data(context, config)
     centres, sizes = local.local_centroids(data, int(config["local-k"]), int(config["seed"]))
-    return _reply(message, centroids=_arrays({"centres": centres, "sizes": sizes}))
-
-
-def _cell_arrays(name: str, stats: CellStats) -> dict[str, np.ndarray]:
-    return {f"{name}/score": stats.score_sum, f"{name}/cost": stats.cost_sum, f"{name}/count": stats.count}
+    return _reply(message, centroids=arrays_record({"centres": centres, "sizes": sizes}))
 
 
 @app.query("cells")
@@ -150,8 +137,8 @@ def cells(message: Message, context: Context) -> Message:
     data = _data(context, config)
     out: dict[str, np.ndarray] = {}
     for name, array in message.content.array_records["centres"].items():
-        out |= _cell_arrays(name, local.cell_stats(data, array.numpy()))
-    return _reply(message, stats=_arrays(out))
+        out |= sum_arrays(name, local.cell_stats(data, array.numpy()))
+    return _reply(message, stats=arrays_record(out))
 
 
 @app.query("validate")
@@ -169,21 +156,9 @@ def validate(message: Message, context: Context) -> Message:
     return _reply(message, metrics=MetricRecord(errors))
 
 
-def _task_records(stats: TaskStats) -> tuple[ConfigRecord, ArrayRecord]:
-    arrays = {
-        "queries": stats.queries,
-        "x-sum": stats.x_sum,
-        "scatter": stats.scatter,
-        "score-sum": stats.score_sum,
-        "cost-sum": stats.cost_sum,
-        "count": stats.count,
-    }
-    return ConfigRecord({"names": list(stats.names)}), _arrays(arrays)
-
-
 @app.query("tasks")
 def tasks(message: Message, context: Context) -> Message:
-    info, stats = _task_records(local.task_stats(_data(context, _config(message))))
+    info, stats = task_records(local.task_stats(_data(context, _config(message))))
     return _reply(message, info=info, stats=stats)
 
 
@@ -193,8 +168,10 @@ def ensemble(message: Message, context: Context) -> Message:
     data = _data(context, config)
     settings = {"cost_mean": float(config["cost-mean"]), "cost_std": float(config["cost-std"])}
     names = [str(n) for n in config.get("task-names", [])]  # type: ignore[union-attr]
-    lookup = _numpy(message.content.array_records["lookup"])["accuracy"]
-    errors = local.ensemble_validation(data, _numpy(message.content.array_records["arrays"]), settings, names, lookup)
+    lookup = numpy_arrays(message.content.array_records["lookup"])["accuracy"]
+    errors = local.ensemble_validation(
+        data, numpy_arrays(message.content.array_records["arrays"]), settings, names, lookup
+    )
     return _reply(
         message,
         metrics=MetricRecord(
@@ -214,12 +191,8 @@ def refit(message: Message, context: Context) -> Message:
     record = message.content.array_records["centres"]
     names = sorted(record)
     sums = local.validation_sums(data, [record[name].numpy() for name in names])
-    cells: dict[str, np.ndarray] = {
-        "constant/score": sums.constant.score_sum,
-        "constant/cost": sums.constant.cost_sum,
-        "constant/count": sums.constant.count,
-    }
+    cells = sum_arrays("constant", sums.constant)
     for name, stats in zip(names, sums.cells, strict=True):
-        cells |= _cell_arrays(name, stats)
-    info, task_arrays = _task_records(sums.tasks)
-    return _reply(message, info=info, tasks=task_arrays, stats=_arrays(cells))
+        cells |= sum_arrays(name, stats)
+    info, task_arrays = task_records(sums.tasks)
+    return _reply(message, info=info, tasks=task_arrays, stats=arrays_record(cells))

@@ -41,6 +41,7 @@ from thrifty.router.ensemble import (
     verdict,
 )
 from thrifty.router.federated.plan import FederatedPlan
+from thrifty.router.federated.records import arrays_record, cell_stats, model_stats, task_stats
 from thrifty.router.kmeans import CellStats, KMeansRouterModel, kmeans
 
 logger = logging.getLogger(__name__)
@@ -178,14 +179,6 @@ def train_mlp(
     return arrays, settings, metrics
 
 
-def _arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in values.items()})
-
-
-def _cell_stats(record: ArrayRecord, name: str) -> CellStats:
-    return CellStats(record[f"{name}/score"].numpy(), record[f"{name}/cost"].numpy(), record[f"{name}/count"].numpy())
-
-
 def kmeans_candidates(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
 ) -> tuple[dict[str, KMeansRouterModel], dict[str, tuple[int, int]], dict[str, float], dict[str, CellStats]]:
@@ -209,7 +202,7 @@ def kmeans_candidates(
     for reply in replies:
         record = reply.content.array_records["stats"]
         for name in candidates:
-            stats = _cell_stats(record, name)
+            stats = cell_stats(record, name)
             totals[name] = totals[name] + stats if name in totals else stats
     fitted = {
         name: KMeansRouterModel.from_stats(candidates[name], totals[name], plan.prior_weight) for name in candidates
@@ -244,19 +237,6 @@ def train_kmeans(
     return fitted[best].arrays(), settings, metrics
 
 
-def _task_stats(reply: Message, info: str, arrays: str) -> TaskStats:
-    record = reply.content.array_records[arrays]
-    return TaskStats(
-        tuple(str(n) for n in reply.content.config_records[info]["names"]),  # type: ignore[union-attr]
-        record["queries"].numpy(),
-        record["x-sum"].numpy(),
-        record["scatter"].numpy(),
-        record["score-sum"].numpy(),
-        record["cost-sum"].numpy(),
-        record["count"].numpy(),
-    )
-
-
 def federated_tasks(
     grid: Grid, plan: FederatedPlan, nodes: list[int], models: list[str], embedder: Embedder
 ) -> TaskStats:
@@ -264,7 +244,7 @@ def federated_tasks(
     config = ConfigRecord(_common_config(plan, models, embedder))
     total = TaskStats.empty((), embedder.dim, len(models))
     for reply in ask(grid, nodes, "tasks", plan, config=config):
-        total = total + _task_stats(reply, "info", "stats")
+        total = total + task_stats(reply.content.config_records["info"], reply.content.array_records["stats"])
     return total
 
 
@@ -281,10 +261,10 @@ def validation_sums(
     config = ConfigRecord(_common_config(plan, models, embedder))
     names = sorted(centres)  # the order of the sums' cells, as clients answer
     total: Sums | None = None
-    for reply in ask(grid, nodes, "refit", plan, config=config, centres=_arrays({n: centres[n] for n in names})):
+    for reply in ask(grid, nodes, "refit", plan, config=config, centres=arrays_record({n: centres[n] for n in names})):
         stats = reply.content.array_records["stats"]
-        constant = ModelStats(*(stats[f"constant/{part}"].numpy() for part in ("score", "cost", "count")))
-        part = Sums(constant, tuple(_cell_stats(stats, n) for n in names), _task_stats(reply, "info", "tasks"))
+        tasks = task_stats(reply.content.config_records["info"], reply.content.array_records["tasks"])
+        part = Sums(model_stats(stats, "constant"), tuple(cell_stats(stats, n) for n in names), tasks)
         total = part if total is None else total + part
     if total is None:
         raise FederationError("no client answered the refit")
@@ -324,8 +304,8 @@ def train_ensemble(
         "ensemble",
         plan,
         config=config,
-        arrays=_arrays(arrays),
-        lookup=_arrays({"accuracy": np.asarray(table, dtype=np.float64)}),
+        arrays=arrays_record(arrays),
+        lookup=arrays_record({"accuracy": np.asarray(table, dtype=np.float64)}),
     )
     errors = ShrinkErrors.zero()
     for reply in replies:
