@@ -117,6 +117,7 @@ def test_the_wheel_installs_every_module(tmp_path: Path) -> None:
     assert sorted(report["imported"] + list(report["needs"])) == sorted(names)
     assert set(report["needs"]) <= {
         "thrifty.router.federated.client_app",
+        "thrifty.router.federated.records",
         "thrifty.router.federated.server_app",
         "thrifty.moe_runtime.vllm_layer",
     }, report["needs"]
