@@ -61,8 +61,13 @@ def cost_range(truth: OutcomeTable) -> tuple[float, float]:
 
 
 def normalized_auc(curve: Curve, low: float, high: float) -> float:
-    order = np.argsort(curve.costs, kind="stable")
-    c, a = curve.costs[order], curve.accuracies[order]
+    """Area under the accuracy–cost curve over [low, high] / (high − low), the curve linear between its
+    operating points and flat beyond its ends. Operating points at the same cost (models with the same
+    prices, routed differently at different λ) count once, with the best accuracy among them: a user can
+    pick that λ."""
+    c, inverse = np.unique(curve.costs, return_inverse=True)
+    a = np.full(len(c), -np.inf)
+    np.maximum.at(a, inverse.ravel(), curve.accuracies)
     grid = np.unique(np.clip(np.concatenate([[low, high], c]), low, high))
     values = np.interp(grid, c, a)  # flat beyond the curve's ends
     return float(np.trapezoid(values, grid) / (high - low))

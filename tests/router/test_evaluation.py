@@ -35,6 +35,18 @@ def test_normalised_auc_is_mean_accuracy_over_the_cost_range() -> None:
     assert np.isclose(ev.normalized_auc(flat, low, high), 0.6)
 
 
+def test_operating_points_at_the_same_cost_count_with_their_best_accuracy() -> None:
+    # Two models with the same price: a router that sends everything to the accurate one at small λ and to
+    # the inaccurate one at large λ has two operating points at one cost. Whichever order they come in,
+    # the curve holds the better one there (a user picks that λ), flat to the right of it.
+    for accuracies in ([0.9, 0.2], [0.2, 0.9]):
+        curve = ev.Curve("tied", np.array([1.0, 2.0]), np.array([1.0, 1.0]), np.array(accuracies))
+        assert np.isclose(ev.normalized_auc(curve, 0.5, 3.0), 0.9)
+    # Points at different costs are untouched: linear between them.
+    curve = ev.Curve("c", np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 1.0]), np.array([0.8, 0.4, 0.2]))
+    assert np.isclose(ev.normalized_auc(curve, 1.0, 3.0), (0.4 + 0.8) / 2)
+
+
 def test_accuracy_at_a_cost_uses_only_affordable_operating_points() -> None:
     curve = ev.Curve("c", np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), np.array([0.9, 0.8, 0.5]))
     assert ev.accuracy_at_cost(curve, 2.0) == 0.8
