@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, StaticEmbedder, load_embedder
-from thrifty.router.ensemble import SHRINK_MAX, corrected
+from thrifty.router.ensemble import COST_MODELS, SHRINK_MAX, corrected, line_cost
 from thrifty.server.kit.artifacts import ArtifactError, ArtifactWriter, Manifest, load_verified
 from thrifty.server.kit.artifacts import read_manifest as read_checked_manifest
 
@@ -84,14 +84,18 @@ class RouterManifest(Manifest):
             shrink = self.settings.get("shrink")
             if not (_finite(shrink) and 0 <= shrink <= SHRINK_MAX):
                 raise ValueError(f"an ensemble router's settings need a shrink in [0, {SHRINK_MAX:g}]")
+            if self.settings.get("cost_model", "components") not in COST_MODELS:
+                raise ValueError(f"an ensemble router's cost_model is one of {', '.join(COST_MODELS)}")
         return self
 
 
 class Predictor(ABC):
-    """Expected accuracy and cost (USD) of every model of the artifact, for a batch of embeddings."""
+    """Expected accuracy and cost (USD) of every model of the artifact, for a batch of embeddings and the
+    queries' lengths (:func:`thrifty.router.ensemble.query_lengths`; only an ensemble whose costs come from
+    its cost line reads them, and then needs them)."""
 
     @abstractmethod
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class MlpPredictor(Predictor):
@@ -123,7 +127,7 @@ class MlpPredictor(Predictor):
         gelu: np.ndarray = 0.5 * h * (1.0 + np.tanh(GELU_SCALE * (h + 0.044715 * h * h * h)))  # torch's tanh form
         return gelu
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         batch, members = len(x), len(self.second)
         h = np.asarray(x, dtype=np.float32) @ self.first + self.first_bias
         h = h.reshape(batch, members, -1).transpose(1, 0, 2)  # (K, batch, width)
@@ -166,7 +170,7 @@ class KMeansPredictor(Predictor):
         except KeyError as exc:
             raise ArtifactError(f"the K-means arrays lack {exc}") from None
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         c = self.centres
         d = (x**2).sum(1)[:, None] - 2 * x @ c.T + (c**2).sum(1)[None, :]
         labels = d.argmin(1)
@@ -183,7 +187,7 @@ class TaskPredictor(Predictor):
         except KeyError as exc:
             raise ArtifactError(f"the task model's arrays lack {exc}") from None
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         z = np.asarray(x, dtype=np.float64) @ self.weights + self.bias
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
@@ -211,7 +215,7 @@ class KMeansBag(Predictor):
         self.cost = np.concatenate([m.cost for m in members]).astype(np.float64)
         self.bounds = np.cumsum([0] + [len(m.centres) for m in members])
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         d = self.norms[None, :] - 2.0 * np.asarray(x, dtype=np.float64) @ self.centres.T  # + |x|², same per row
         accuracy = np.zeros((len(x), self.accuracy.shape[1]))
         cost = np.zeros_like(accuracy)
@@ -235,6 +239,15 @@ class EnsemblePredictor(Predictor):
         count = arrays.get("constant/count")  # absent from artifacts made before it was kept
         self.unseen = np.zeros(len(self.constant[0]), dtype=bool) if count is None else np.asarray(count) <= 0
         self.shrink = float(settings["shrink"])
+        self.line: tuple[np.ndarray, np.ndarray] | None = None
+        if settings.get("cost_model", "components") == "line":  # absent from artifacts made before the line
+            try:
+                self.line = (
+                    arrays["constant/cost_intercept"].astype(np.float64),
+                    arrays["constant/cost_slope"].astype(np.float64),
+                )
+            except KeyError as exc:
+                raise ArtifactError(f"an ensemble whose costs come from its cost line lacks {exc}") from None
         cost_mean, cost_std = float(settings["cost_mean"]), float(settings["cost_std"])
         mlps, kmeans = _members(arrays, "mlp"), [KMeansPredictor(a) for a in _members(arrays, "kmeans")]
         tasks = _members(arrays, "tasks")
@@ -257,12 +270,19 @@ class EnsemblePredictor(Predictor):
             accuracy[:, unseen], cost[:, unseen] = self.constant[0][unseen], self.constant[1][unseen]
         return accuracy, cost
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         acc0, cost0 = self.constant
+        line = None
+        if self.line is not None:
+            if lengths is None or len(lengths) != len(x):
+                raise ValueError("this router's costs come from its cost line: it needs each query's length")
+            line = line_cost(self.line, lengths)
         if self.shrink == 0.0 or not self.components:
-            return np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1))
+            return np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1)) if line is None else line
         accuracy, cost = self.components_mean(x)
-        return corrected(acc0, accuracy, self.shrink, 1.0), corrected(cost0, cost, self.shrink)
+        return corrected(acc0, accuracy, self.shrink, 1.0), corrected(
+            cost0, cost, self.shrink
+        ) if line is None else line
 
 
 @dataclass(frozen=True)
@@ -287,7 +307,7 @@ class RouterArtifact:
         """The predictor, once it has shown it maps ``dim``-wide embeddings to one column per model."""
         try:
             predictor = self.predictor()
-            accuracy, cost = predictor.predict(np.zeros((1, dim), dtype=np.float32))
+            accuracy, cost = predictor.predict(np.zeros((1, dim), dtype=np.float32), np.ones(1))
         except (ValueError, KeyError, IndexError, TypeError) as exc:  # arrays of the wrong shapes
             raise ArtifactError(f"the {self.family} weights do not fit the manifest ({exc})") from None
         expected = (1, len(self.models))

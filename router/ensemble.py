@@ -15,6 +15,11 @@ the model means, the MLP stopped early, the LDA's covariance shrunk), and averag
 disagree shrinks once more, so the validation cells often ask for the correction undone a little (on the
 LLMRouter logs they chose 1.1–1.3). Predictions are clipped to accuracy in [0, 1] and cost ≥ 0.
 
+Cost has a second candidate: per model, a straight line in the query's length (cost = a + b · characters,
+least squares over the training cells; per-token pricing makes a request's cost grow with its prompt). The
+validation cells choose between it and the shrunk components' cost once s is chosen: the line must beat
+them by the same 2.326 standard errors, so where cost does not depend on length the components keep it.
+
 Once s is chosen, the validation cells have done their job and join the training cells in every sum the
 served router is built from (:class:`Sums`: the model averages, every K-means member's cells, the task
 LDA); the MLPs stay as trained, since their rounds were chosen on those cells.
@@ -46,27 +51,69 @@ DEFAULT_MLP_MEMBERS = 3
 DEFAULT_LDA_SHRINKAGE = 0.1  # covariance shrinkage; on LLMRouter validation cross-entropy chose it on all seeds
 TASK_PRIOR_WEIGHT = 2.0  # pseudo-cells pulling a (task, model) mean toward the model's mean
 MIN_SHARED_TASK_QUERIES = 5  # a client shares a task's sums only over at least this many queries
+COST_MODELS = ("components", "line")  # where an ensemble's costs come from (choose_shrink)
+
+
+LENGTH_UNIT = 1000.0  # a query's length enters the cost line in thousands of characters
+MIN_LENGTH_CELLS = 3  # a model's cost line needs this many cells, with lengths that differ
+
+
+def query_lengths(queries: Sequence[str]) -> np.ndarray:
+    """Each query's length in thousands of characters: the cost line's input."""
+    return np.array([len(q) for q in queries], dtype=np.float64) / LENGTH_UNIT
 
 
 @dataclass(frozen=True, slots=True)
 class ModelStats:
-    """Per model: Σ score, Σ cost and the count of observed cells (what the constant router needs)."""
+    """Per model: Σ score, Σ cost and the count of observed cells (what the constant router needs), and
+    Σ length, Σ length², Σ length · cost (what the cost line needs; lengths from :func:`query_lengths`)."""
 
     score_sum: np.ndarray
     cost_sum: np.ndarray
     count: np.ndarray
+    length_sum: np.ndarray
+    length_sq_sum: np.ndarray
+    length_cost_sum: np.ndarray
 
     @classmethod
     def collect(cls, table: OutcomeTable) -> ModelStats:
         observed = table.observed
+        length = np.where(observed, query_lengths(table.queries)[:, None], 0.0)
+        cost = np.where(observed, table.costs, 0.0)
         return cls(
             np.where(observed, table.scores, 0.0).sum(0),
-            np.where(observed, table.costs, 0.0).sum(0),
+            cost.sum(0),
             observed.sum(0).astype(np.float64),
+            length.sum(0),
+            (length * length).sum(0),
+            (length * cost).sum(0),
         )
 
     def __add__(self, other: ModelStats) -> ModelStats:
-        return ModelStats(self.score_sum + other.score_sum, self.cost_sum + other.cost_sum, self.count + other.count)
+        return ModelStats(*(a + b for a, b in zip(self.parts(), other.parts(), strict=True)))
+
+    def parts(self) -> tuple[np.ndarray, ...]:
+        return (
+            self.score_sum,
+            self.cost_sum,
+            self.count,
+            self.length_sum,
+            self.length_sq_sum,
+            self.length_cost_sum,
+        )
+
+    def cost_line(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per model, (intercept, slope) of cost against length by least squares. Flat at the model's mean
+        cost (its fallback for an unseen model) where it has fewer than MIN_LENGTH_CELLS cells or their
+        lengths barely differ."""
+        mean = self.means()[1]
+        n = self.count
+        spread = n * self.length_sq_sum - self.length_sum**2  # n² · variance of the lengths
+        usable = (n >= MIN_LENGTH_CELLS) & (spread > 1e-9 * np.maximum(n * self.length_sq_sum, 1e-300))
+        safe = np.where(usable, spread, 1.0)
+        slope = np.where(usable, (n * self.length_cost_sum - self.length_sum * self.cost_sum) / safe, 0.0)
+        intercept = np.where(usable, (self.cost_sum - slope * self.length_sum) / np.maximum(n, 1e-12), mean)
+        return intercept, slope
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(accuracy, cost) per model. A model nobody observed gets accuracy 0 at the mean cost over all
@@ -208,47 +255,68 @@ def corrected(constant: np.ndarray, mean: np.ndarray, shrink: float, upper: floa
 
 @dataclass(frozen=True, slots=True)
 class ShrinkErrors:
-    """On validation cells, for each shrink in SHRINK_GRID: Σ squared error of the accuracy prediction, and
-    Σ of the squared per-cell gains over the constant router (for the gain's standard error); the
-    per-task baseline's Σ squared error (NaN without task labels); the count of cells. Sums only, so
-    clients' parts add up."""
+    """On validation cells, for each shrink in SHRINK_GRID: Σ squared error of the accuracy prediction, Σ
+    of the squared per-cell gains over the constant router (for the gain's standard error), Σ squared
+    error of the cost prediction and Σ of the squared per-cell gains of the cost line over it; Σ squared
+    error of the cost line; the per-task baseline's Σ squared error (NaN without task labels); the count
+    of cells. Sums only, so clients' parts add up."""
 
     by_shrink: np.ndarray
     gain_sq: np.ndarray
+    cost_by_shrink: np.ndarray
+    cost_gain_sq: np.ndarray
+    cost_line: float
     per_task: float
     count: float
 
     @classmethod
     def zero(cls) -> ShrinkErrors:
-        return cls(np.zeros(len(SHRINK_GRID)), np.zeros(len(SHRINK_GRID)), 0.0, 0.0)
+        grid = len(SHRINK_GRID)
+        return cls(np.zeros(grid), np.zeros(grid), np.zeros(grid), np.zeros(grid), 0.0, 0.0, 0.0)
 
     def __add__(self, other: ShrinkErrors) -> ShrinkErrors:
         return ShrinkErrors(
             self.by_shrink + other.by_shrink,
             self.gain_sq + other.gain_sq,
+            self.cost_by_shrink + other.cost_by_shrink,
+            self.cost_gain_sq + other.cost_gain_sq,
+            self.cost_line + other.cost_line,
             self.per_task + other.per_task,
             self.count + other.count,
         )
 
 
+def line_cost(line: tuple[np.ndarray, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """The cost line's prediction (Q, M) for queries of these lengths (:func:`query_lengths`), ≥ 0."""
+    intercept, slope = line
+    return np.asarray(np.maximum(intercept + np.asarray(lengths, dtype=np.float64)[:, None] * slope, 0.0))
+
+
 def shrink_errors(
-    ensemble: np.ndarray,
-    constant: np.ndarray,
+    ensemble: tuple[np.ndarray, np.ndarray],
+    constant: tuple[np.ndarray, np.ndarray],
+    line: tuple[np.ndarray, np.ndarray],
     table: OutcomeTable,
     tasks: dict[str, tuple[np.ndarray, np.ndarray]] | None,
 ) -> ShrinkErrors:
-    """``ensemble``: the components' mean accuracy on ``table``'s queries (Q, M); ``constant``: (M,)."""
+    """``ensemble``: the components' mean (accuracy, cost) on ``table``'s queries, each (Q, M);
+    ``constant``: the model averages (accuracy, cost), each (M,); ``line``: the cost line."""
     observed = table.observed
-    truth = np.nan_to_num(table.scores)
-    base = ((constant - truth) ** 2)[observed]
-    errors = [((corrected(constant, ensemble, s, 1.0) - truth) ** 2)[observed] for s in SHRINK_GRID]
+    truth, cost = np.nan_to_num(table.scores), np.nan_to_num(table.costs)
+    base = ((constant[0] - truth) ** 2)[observed]
+    errors = [((corrected(constant[0], ensemble[0], s, 1.0) - truth) ** 2)[observed] for s in SHRINK_GRID]
+    cost_errors = [((corrected(constant[1], ensemble[1], s) - cost) ** 2)[observed] for s in SHRINK_GRID]
+    lined = ((line_cost(line, query_lengths(table.queries)) - cost) ** 2)[observed]
     per_task = float("nan")
     if tasks:
-        lookup = np.stack([tasks[t][0] if t in tasks else constant for t in table.tasks]) if len(table) else truth
+        lookup = np.stack([tasks[t][0] if t in tasks else constant[0] for t in table.tasks]) if len(table) else truth
         per_task = float(np.where(observed, (lookup - truth) ** 2, 0.0).sum())
     return ShrinkErrors(
         np.array([float(e.sum()) for e in errors]),
         np.array([float(((base - e) ** 2).sum()) for e in errors]),
+        np.array([float(e.sum()) for e in cost_errors]),
+        np.array([float(((e - lined) ** 2).sum()) for e in cost_errors]),
+        float(lined.sum()),
         per_task,
         float(observed.sum()),
     )
@@ -263,9 +331,11 @@ SIGNIFICANCE = 2.326
 def choose_shrink(errors: ShrinkErrors) -> tuple[float, dict[str, Any]]:
     """The shrink with the lowest validation error among those whose gain over the constant router is
     significant (more than SIGNIFICANCE standard errors of the per-cell gains); 0 (the constant router)
-    when none is. Returns it with the report the manifest keeps."""
+    when none is. Returns it with the report the manifest keeps, whose ``cost_model`` says where the
+    served router's costs come from: "line" where the cost line's validation error is lower than the
+    shrunk components' at that shrink by the same significance, else "components"."""
     if errors.count == 0:
-        return 0.0, {"validation_cells": 0.0, "shrink": 0.0}
+        return 0.0, {"validation_cells": 0.0, "shrink": 0.0, "cost_model": "components"}
     n = errors.count
     gain = errors.by_shrink[0] - errors.by_shrink
     stderr = np.sqrt(np.maximum(errors.gain_sq - gain**2 / n, 0.0))
@@ -274,6 +344,8 @@ def choose_shrink(errors: ShrinkErrors) -> tuple[float, dict[str, Any]]:
     mse = errors.by_shrink / n
     best = int(np.argmin(np.where(significant, mse, np.inf)))
     unrestricted = int(np.argmin(mse))
+    cost_gain = errors.cost_by_shrink[best] - errors.cost_line
+    cost_stderr = np.sqrt(max(errors.cost_gain_sq[best] - cost_gain**2 / n, 0.0))
     report = {
         "validation_cells": n,
         "shrink": SHRINK_GRID[best],
@@ -281,6 +353,11 @@ def choose_shrink(errors: ShrinkErrors) -> tuple[float, dict[str, Any]]:
         "validation_mse_constant": float(mse[0]),
         "validation_mse_by_shrink": {str(s): float(v) for s, v in zip(SHRINK_GRID, mse, strict=True)},
         "best_shrink_gain_in_standard_errors": float(gain[unrestricted] / max(stderr[unrestricted], 1e-12)),
+        # Cost: the shrunk components' prediction, or the cost line where it is significantly better.
+        "cost_model": "line" if cost_gain > SIGNIFICANCE * cost_stderr else "components",
+        "validation_cost_mse": float(errors.cost_by_shrink[best] / n),
+        "validation_cost_mse_line": float(errors.cost_line / n),
+        "cost_line_gain_in_standard_errors": float(cost_gain / max(cost_stderr, 1e-300)),
     }
     if not np.isnan(errors.per_task):
         report["validation_mse_per_task"] = errors.per_task / n
@@ -304,6 +381,11 @@ def verdict(report: dict[str, Any]) -> str:
             f"validation squared error {mse:.4f} against {constant:.4f} for model averages "
             f"({100 * (1 - mse / constant):.1f} % lower; shrink {report['shrink']})"
         )
+    if report.get("cost_model") == "line":
+        text += (
+            f"; costs from a line in the query's length (validation squared error "
+            f"{report['validation_cost_mse_line']:.3g} against {report['validation_cost_mse']:.3g})"
+        )
     per_task = report.get("validation_mse_per_task")
     if per_task is not None:
         text += f"; per-task means (which need each query's task label) {per_task:.4f}"
@@ -316,9 +398,17 @@ def ensemble_arrays(
     kmeans: Sequence[dict[str, np.ndarray]],
     tasks: dict[str, np.ndarray] | None,
 ) -> dict[str, np.ndarray]:
-    """The artifact's arrays: ``constant/*``, ``mlp<i>/*``, ``kmeans<j>/*`` and ``tasks0/*``."""
+    """The artifact's arrays: ``constant/*`` (model averages and the cost line), ``mlp<i>/*``,
+    ``kmeans<j>/*`` and ``tasks0/*``."""
     accuracy, cost = constant.means()
-    arrays = {"constant/accuracy": accuracy, "constant/cost": cost, "constant/count": constant.count}
+    intercept, slope = constant.cost_line()
+    arrays = {
+        "constant/accuracy": accuracy,
+        "constant/cost": cost,
+        "constant/count": constant.count,
+        "constant/cost_intercept": intercept,
+        "constant/cost_slope": slope,
+    }
     for i, member in enumerate(mlps):
         arrays |= {f"mlp{i}/{k}": v for k, v in member.items()}
     for j, member in enumerate(kmeans):

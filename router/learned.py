@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from thrifty.router.artifact import Predictor, RouterArtifact, artifact_embedder, load_artifact
 from thrifty.router.base import AUTO, InvalidRouting, ModelCandidate, NoRoute, Router, RoutingDecision, RoutingRequest
 from thrifty.router.embedding import Embedder
+from thrifty.router.ensemble import query_lengths
 from thrifty.server.kit.reload import ArtifactSlot
 
 LAMBDA_HEADER = "x-thrifty-lambda"
@@ -160,7 +161,7 @@ class LearnedRouter(Router):
 
     def score(self, loaded: Loaded, text: str) -> tuple[np.ndarray, np.ndarray]:
         x = loaded.embedder.encode([text or " "])
-        accuracy, cost = loaded.predictor.predict(x)
+        accuracy, cost = loaded.predictor.predict(x, query_lengths([text]))
         return accuracy[0], cost[0]
 
     async def choose(self, request: RoutingRequest, candidates: Sequence[ModelCandidate]) -> RoutingDecision:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.embedding import cached_encode
+from thrifty.router.ensemble import query_lengths
 from thrifty.router.evaluation import (
     Curve,
     accuracy_at_cost,
@@ -134,7 +135,9 @@ def score_artifact(
         source = ", ".join(str(p) for p in train)
     else:
         fitted, source = truth, "this log itself (in-sample: the baselines are flattered)"
-    accuracy, cost = loaded.predictor.predict(cached_encode(loaded.embedder, truth.queries))
+    accuracy, cost = loaded.predictor.predict(
+        cached_encode(loaded.embedder, truth.queries), query_lengths(truth.queries)
+    )
     lambdas = lambda_grid(truth)
     low, high = cost_range(truth)
     curves = {

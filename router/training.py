@@ -200,8 +200,8 @@ def central_ensemble(
     arrays, lookup = build_ensemble(sums, mlps, centres, prior, task_shrinkage)
     extra = {"cost_mean": scale.mean, "cost_std": scale.std, "width": plan.width, "dropout": plan.dropout}
     full = EnsemblePredictor(arrays, extra | {"shrink": 1.0})
-    ensemble = full.components_mean(data.x_validation)[0]
-    errors = shrink_errors(ensemble, sums.constant.means()[0], data.validation, lookup)
+    ensemble = full.components_mean(data.x_validation)
+    errors = shrink_errors(ensemble, sums.constant.means(), sums.constant.cost_line(), data.validation, lookup)
     shrink, report = choose_shrink(errors)
     refit = bool(settings.get("refit", True)) and len(data.validation) > 0
     if refit:  # the shrink is chosen: the validation cells join the sums the served router is built from
@@ -214,7 +214,7 @@ def central_ensemble(
         "refit_with_validation": refit,
         "verdict": verdict(report),
     }
-    return arrays, extra | {"shrink": shrink}, metrics
+    return arrays, extra | {"shrink": shrink, "cost_model": report["cost_model"]}, metrics
 
 
 def central_artifact(

@@ -42,7 +42,9 @@ def artifact(family: str, embedder: Embedder, models: list[str], out: Path, stat
         arrays = state_arrays(RouterNet(embedder.dim, len(models)))
         settings: dict[str, float] = mlp_settings
     elif family == "ensemble":  # as trained by default: 3 MLPs, K ∈ {4, 8, 16, 32} × 5 restarts, 3 tasks
-        constant = ModelStats(rng.random(len(models)), rng.random(len(models)) * 1e-4, np.ones(len(models)))
+        m = len(models)  # ten cells per model, of lengths with a spread: a sloped cost line
+        cost = rng.random(m) * 1e-3
+        constant = ModelStats(rng.random(m) * 10, cost, np.full(m, 10.0), np.full(m, 5.0), np.full(m, 3.5), cost * 0.6)
         tasks = {
             "weights": rng.normal(size=(embedder.dim, 3)),
             "bias": rng.normal(size=3),
@@ -55,7 +57,7 @@ def artifact(family: str, embedder: Embedder, models: list[str], out: Path, stat
             [kmeans_arrays(k, embedder.dim, len(models), rng) for k in (4, 8, 16, 32) for _ in range(5)],
             tasks,
         )
-        settings = mlp_settings | {"shrink": 1.0}
+        settings = mlp_settings | {"shrink": 1.0, "cost_model": "line"}
     else:
         arrays = kmeans_arrays(32, embedder.dim, len(models), rng)
         settings = {"clusters": 32, "prior_weight": 2.0}

@@ -25,6 +25,7 @@ import numpy as np
 
 from thrifty.router.artifact import RouterArtifact, load_artifact
 from thrifty.router.embedding import EMBEDDER_KINDS, Embedder, cached_encode, load_embedder
+from thrifty.router.ensemble import query_lengths
 from thrifty.router.evaluation import (
     Curve,
     accuracy_at_cost,
@@ -133,7 +134,8 @@ def run_seed(
     train = sparse.train
 
     def curves_on(truth: OutcomeTable, x: np.ndarray, tasks: tuple[str, ...]) -> dict[str, Curve]:
-        out = {name: sweep(name, *predict(x), truth, lambdas) for name, predict in predictors.items()}
+        lengths = query_lengths(truth.queries)
+        out = {name: sweep(name, *predict(x, lengths), truth, lambdas) for name, predict in predictors.items()}
         out["per-model means"] = sweep("per-model means", *constant_predictions(train, len(truth)), truth, lambdas)
         out["per-task means"] = sweep("per-task means", *task_predictions(train, tasks), truth, lambdas)
         out["oracle"] = sweep("oracle", truth.scores, truth.costs, truth, lambdas)

@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 
 from thrifty.router.embedding import Embedder
 from thrifty.router.federated import local
-from thrifty.router.federated.records import arrays_record, numpy_arrays, sum_arrays, task_records
+from thrifty.router.federated.records import arrays_record, model_arrays, numpy_arrays, sum_arrays, task_records
 
 app = ClientApp()
 
@@ -72,8 +72,7 @@ def describe(message: Message, context: Context) -> Message:
         metrics=MetricRecord(
             {
                 "cells": info["cells"],
-                "score-sums": info["score-sums"],
-                "cost-sums": info["cost-sums"],
+                **{part: info[part] for part in local.MODEL_SUMS},
                 "cost-count": info["cost-count"],
                 "cost-sum": info["cost-sum"],
                 "cost-sum-sq": info["cost-sum-sq"],
@@ -178,6 +177,9 @@ def ensemble(message: Message, context: Context) -> Message:
             {
                 "by-shrink": errors.by_shrink.tolist(),
                 "gain-sq": errors.gain_sq.tolist(),
+                "cost-by-shrink": errors.cost_by_shrink.tolist(),
+                "cost-gain-sq": errors.cost_gain_sq.tolist(),
+                "cost-line": errors.cost_line,
                 "per-task": errors.per_task,
                 "count": errors.count,
             }
@@ -191,7 +193,7 @@ def refit(message: Message, context: Context) -> Message:
     record = message.content.array_records["centres"]
     names = sorted(record)
     sums = local.validation_sums(data, [record[name].numpy() for name in names])
-    cells = sum_arrays("constant", sums.constant)
+    cells = model_arrays("constant", sums.constant)
     for name, stats in zip(names, sums.cells, strict=True):
         cells |= sum_arrays(name, stats)
     info, task_arrays = task_records(sums.tasks)

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from thrifty.router.embedding import Embedder, cached_encode, load_embedder
-from thrifty.router.ensemble import MIN_SHARED_TASK_QUERIES, ShrinkErrors, Sums, TaskStats, shrink_errors
+from thrifty.router.ensemble import (
+    MIN_SHARED_TASK_QUERIES,
+    ShrinkErrors,
+    Sums,
+    TaskStats,
+    query_lengths,
+    shrink_errors,
+)
 from thrifty.router.eval_log import EvalRecord, read_eval_log
 from thrifty.router.kmeans import CellStats, assign, kmeans
 from thrifty.router.outcomes import OutcomeTable
@@ -63,23 +70,29 @@ def read_logs(folder: Path) -> tuple[list[EvalRecord], list[EvalRecord], str]:
     return records, validation, digest.hexdigest()
 
 
+# Per model, the sums ``describe`` reports, in ModelStats's order after the count: Σ score, Σ cost, Σ length,
+# Σ length², Σ length · cost.
+MODEL_SUMS = ("score-sums", "cost-sums", "length-sums", "length-sq-sums", "length-cost-sums")
+
+
 def describe(folder: Path) -> dict[str, Any]:
-    """Which models this client evaluated (observed cells each) and moments of its log-costs."""
+    """Which models this client evaluated (observed cells each), per-model sums (:data:`MODEL_SUMS`) and
+    moments of its log-costs."""
     train, _, digest = read_logs(folder)
     models: dict[str, int] = {}
     for record in train:
         models[record.model] = models.get(record.model, 0) + 1
     logs = np.log(np.array([r.cost for r in train]) + 1e-12)
-    score_sums: dict[str, float] = {}
-    cost_sums: dict[str, float] = {}
+    sums: dict[str, dict[str, float]] = {part: {} for part in MODEL_SUMS}
     for record in train:
-        score_sums[record.model] = score_sums.get(record.model, 0.0) + record.score
-        cost_sums[record.model] = cost_sums.get(record.model, 0.0) + record.cost
+        length = float(query_lengths([record.query])[0])
+        values = (record.score, record.cost, length, length * length, length * record.cost)
+        for part, value in zip(MODEL_SUMS, values, strict=True):
+            sums[part][record.model] = sums[part].get(record.model, 0.0) + value
     return {
         "models": sorted(models),
         "cells": [models[m] for m in sorted(models)],
-        "score-sums": [score_sums[m] for m in sorted(models)],
-        "cost-sums": [cost_sums[m] for m in sorted(models)],
+        **{part: [sums[part][m] for m in sorted(models)] for part in MODEL_SUMS},
         "cost-count": float(len(logs)),
         "cost-sum": float(logs.sum()),
         "cost-sum-sq": float((logs**2).sum()),
@@ -234,9 +247,10 @@ def ensemble_validation(
     from thrifty.router.artifact import EnsemblePredictor
 
     predictor = EnsemblePredictor(arrays, settings | {"shrink": 1.0})
-    constant = predictor.constant[0]
+    constant = predictor.constant
     if len(data.validation) == 0:
         return ShrinkErrors.zero()
-    ensemble = predictor.components_mean(data.x_validation)[0]
-    lookup = {name: (task_accuracy[i], constant) for i, name in enumerate(task_names)} or None
-    return shrink_errors(ensemble, constant, data.validation, lookup)
+    ensemble = predictor.components_mean(data.x_validation)
+    line = (arrays["constant/cost_intercept"].astype(np.float64), arrays["constant/cost_slope"].astype(np.float64))
+    lookup = {name: (task_accuracy[i], constant[0]) for i, name in enumerate(task_names)} or None
+    return shrink_errors(ensemble, constant, line, data.validation, lookup)

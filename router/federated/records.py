@@ -11,6 +11,7 @@ from thrifty.router.kmeans import CellStats
 
 _TASK_PARTS = ("queries", "x-sum", "scatter", "score-sum", "cost-sum", "count")
 _SUM_PARTS = ("score", "cost", "count")
+_MODEL_PARTS = (*_SUM_PARTS, "length", "length-sq", "length-cost")
 
 
 def arrays_record(values: dict[str, np.ndarray]) -> ArrayRecord:
@@ -21,9 +22,14 @@ def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def sum_arrays(name: str, stats: CellStats | ModelStats) -> dict[str, np.ndarray]:
-    """Σ score, Σ cost and counts (per cell or per model) under ``name/``."""
+def sum_arrays(name: str, stats: CellStats) -> dict[str, np.ndarray]:
+    """Σ score, Σ cost and counts per cell under ``name/``."""
     return {f"{name}/score": stats.score_sum, f"{name}/cost": stats.cost_sum, f"{name}/count": stats.count}
+
+
+def model_arrays(name: str, stats: ModelStats) -> dict[str, np.ndarray]:
+    """The per-model sums (:class:`ModelStats`) under ``name/``."""
+    return {f"{name}/{part}": value for part, value in zip(_MODEL_PARTS, stats.parts(), strict=True)}
 
 
 def cell_stats(record: ArrayRecord, name: str) -> CellStats:
@@ -31,7 +37,7 @@ def cell_stats(record: ArrayRecord, name: str) -> CellStats:
 
 
 def model_stats(record: ArrayRecord, name: str) -> ModelStats:
-    return ModelStats(*(record[f"{name}/{part}"].numpy() for part in _SUM_PARTS))
+    return ModelStats(*(record[f"{name}/{part}"].numpy() for part in _MODEL_PARTS))
 
 
 def task_records(stats: TaskStats) -> tuple[ConfigRecord, ArrayRecord]:

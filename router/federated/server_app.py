@@ -40,6 +40,7 @@ from thrifty.router.ensemble import (
     lookup_arrays,
     verdict,
 )
+from thrifty.router.federated.local import MODEL_SUMS
 from thrifty.router.federated.plan import FederatedPlan
 from thrifty.router.federated.records import arrays_record, cell_stats, model_stats, task_stats
 from thrifty.router.kmeans import CellStats, KMeansRouterModel, kmeans
@@ -313,6 +314,9 @@ def train_ensemble(
         errors = errors + ShrinkErrors(
             np.array(numbers["by-shrink"], dtype=np.float64),
             np.array(numbers["gain-sq"], dtype=np.float64),
+            np.array(numbers["cost-by-shrink"], dtype=np.float64),
+            np.array(numbers["cost-gain-sq"], dtype=np.float64),
+            float(numbers["cost-line"]),  # type: ignore[arg-type]
             float(numbers["per-task"]),  # type: ignore[arg-type]
             float(numbers["count"]),  # type: ignore[arg-type]
         )
@@ -330,7 +334,7 @@ def train_ensemble(
         "refit_with_validation": refit,
         "verdict": verdict(report),
     }
-    return arrays, settings | {"shrink": shrink}, metrics
+    return arrays, settings | {"shrink": shrink, "cost_model": report["cost_model"]}, metrics
 
 
 def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
@@ -343,18 +347,16 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
     nodes = _wait_for_nodes(grid, plan)
     replies = ask(grid, nodes, "describe", plan, config=ConfigRecord({"clients-dir": plan.clients_dir}))
     cells: dict[str, float] = {}
-    score_sums: dict[str, float] = {}
-    cost_sums: dict[str, float] = {}
+    model_sums: dict[str, dict[str, float]] = {part: {} for part in MODEL_SUMS}
     moments = np.zeros(3)
     digests = []
     for reply in replies:
         info, numbers = reply.content.config_records["info"], reply.content.metric_records["metrics"]
-        for model, count, score, cost in zip(  # type: ignore[call-overload]
-            info["models"], numbers["cells"], numbers["score-sums"], numbers["cost-sums"], strict=True
-        ):
-            cells[str(model)] = cells.get(str(model), 0) + float(count)
-            score_sums[str(model)] = score_sums.get(str(model), 0.0) + float(score)
-            cost_sums[str(model)] = cost_sums.get(str(model), 0.0) + float(cost)
+        for i, model in enumerate(info["models"]):  # type: ignore[arg-type]
+            name = str(model)
+            cells[name] = cells.get(name, 0) + float(numbers["cells"][i])  # type: ignore[index]
+            for part in MODEL_SUMS:
+                model_sums[part][name] = model_sums[part].get(name, 0.0) + float(numbers[part][i])  # type: ignore[index]
         moments += [float(numbers["cost-count"]), float(numbers["cost-sum"]), float(numbers["cost-sum-sq"])]
         digests.append(str(info["digest"]))
     # From here on, clients are taken in the order of their logs' digests (node ids change between runs).
@@ -364,11 +366,8 @@ def run_federation(grid: Grid, plan: FederatedPlan) -> Path:
         raise FederationError("the clients' logs hold no observed cells")
     logger.info("federation: %d clients, %d models, %d observed cells", len(nodes), len(models), moments[0])
     if plan.family == "ensemble":
-        constant = ModelStats(
-            np.array([score_sums[m] for m in models]),
-            np.array([cost_sums[m] for m in models]),
-            np.array([cells[m] for m in models]),
-        )
+        score, cost, *lengths = (np.array([model_sums[part][m] for m in models]) for part in MODEL_SUMS)
+        constant = ModelStats(score, cost, np.array([cells[m] for m in models]), *lengths)
         arrays, settings, metrics = train_ensemble(grid, plan, nodes, models, embedder, moments, constant)
     elif plan.family == "mlp":
         arrays, settings, metrics = train_mlp(grid, plan, nodes, models, embedder, moments)

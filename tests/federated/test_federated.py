@@ -71,6 +71,16 @@ async def test_federated_training_learns_who_is_right_where(tmp_path: Path, fami
         cells = list(read_eval_log(log))
         means = [np.mean([r.score for r in cells if r.model == m]) for m in ("big", "small")]
         np.testing.assert_allclose(served, means, rtol=1e-6)
+        # So is the cost line (per model, least squares of cost on length), from the sums the clients
+        # send with their description and with the refit.
+        arrays = load_artifact(out).arrays
+        for column, model in enumerate(("big", "small")):
+            mine = [r for r in cells if r.model == model]
+            slope, intercept = np.polyfit([len(r.query) / 1000 for r in mine], [r.cost for r in mine], 1)
+            assert arrays["constant/cost_slope"][column] == pytest.approx(slope, rel=1e-4, abs=1e-12)
+            assert arrays["constant/cost_intercept"][column] == pytest.approx(intercept, rel=1e-4)
+        # Its costs do not depend on the length here (each model's price, ± 20 %): the components keep them.
+        assert manifest["settings"]["cost_model"] == "components"
     elif family == "mlp":
         losses = manifest["metrics"]["validation_loss_by_round"]
         assert len(losses) == 6 and manifest["metrics"]["validation_loss"] == min(losses)

@@ -15,6 +15,7 @@ from thrifty.router.artifact import (
     ArtifactError,
     EnsemblePredictor,
     RouterArtifact,
+    RouterManifest,
     artifact_embedder,
     load_artifact,
 )
@@ -57,6 +58,20 @@ def test_ensemble_mlp_members_predict_the_mean_of_their_networks() -> None:
     acc, cost = predictor.predict(x)
     np.testing.assert_allclose(acc, np.mean([a for a, _ in expected], axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cost, np.mean([c for _, c in expected], axis=0), rtol=1e-4)
+    # An ensemble whose costs come from its cost line, without the line's arrays; an unknown cost model.
+    with pytest.raises(ArtifactError, match="lacks 'constant/cost_intercept'"):
+        EnsemblePredictor(arrays, {"shrink": 1.0, "cost_mean": 0.0, "cost_std": 1.0, "cost_model": "line"})
+    manifest = {
+        "kind": "router",
+        "version": 1,
+        "files": {"weights.safetensors": "0" * 64},
+        "family": "ensemble",
+        "models": ["a", "b", "c"],
+        "embedder": {"kind": "static", "dim": 24},
+        "settings": {"shrink": 1.0, "cost_mean": 0.0, "cost_std": 1.0, "cost_model": "guess"},
+    }
+    with pytest.raises(ValueError, match="cost_model is one of components, line"):
+        RouterManifest.model_validate(manifest)
     # Members that differ in shape are a broken artifact, not a crash.
     torch.manual_seed(9)
     arrays |= {f"mlp3/{k}": v for k, v in state_arrays(RouterNet(dim=24, models=3, width=32)).items()}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.federated.synthetic import ACCURACY, COST, records
+from tests.federated.synthetic import ACCURACY, COST, MATH_PROBE, records
 from tests.router.fixtures import tiny_static_embedder
+from thrifty.router import ModelCandidate, RoutingRequest, build_router
 from thrifty.router.artifact import RouterArtifact, load_artifact
 from thrifty.router.eval_log import EvalRecord, read_eval_log, write_eval_log
 from thrifty.router.partition import PartitionPlan
@@ -114,8 +115,12 @@ def test_the_ensemble_is_the_constant_router_when_queries_carry_no_signal(tmp_pa
     artifact = load_artifact(report.artifact)
     assert artifact.settings["shrink"] == 0.0
     assert artifact.metrics["verdict"].startswith("not worth serving")
-    accuracy, cost = artifact.predictor().predict(np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32))
+    # The costs vary around each model's price, whatever the query's length: no cost line either.
+    assert artifact.settings["cost_model"] == "components"
+    x = np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32)
+    accuracy, cost = artifact.predictor().predict(x, np.linspace(0.01, 0.2, 5))
     assert np.allclose(accuracy, accuracy[0]) and np.allclose(accuracy[0], artifact.arrays["constant/accuracy"])
+    assert np.allclose(cost, artifact.arrays["constant/cost"])
 
 
 def test_once_the_shrink_is_chosen_the_validation_cells_join_the_sums(tmp_path: Path, embedder_dir: Path) -> None:
@@ -147,6 +152,39 @@ def test_once_the_shrink_is_chosen_the_validation_cells_join_the_sums(tmp_path: 
     # The MLPs stay as trained (their rounds were chosen on those cells); the task LDA is refitted.
     assert all(np.array_equal(refit.arrays[k], v) for k, v in plain.arrays.items() if k.startswith("mlp"))
     assert not np.array_equal(refit.arrays["tasks0/weights"], plain.arrays["tasks0/weights"])
+
+
+async def test_per_token_prices_give_costs_that_grow_with_the_prompt(tmp_path: Path, embedder_dir: Path) -> None:
+    # Priced as APIs price: a request costs (prompt tokens + completion tokens) × the model's price, so a
+    # long prompt costs more on every model. Queries padded to lengths from 50 to 3,000 characters.
+    rng = np.random.default_rng(2)
+    price = {"big": 2e-6, "small": 2e-7}  # USD per token
+    priced = []
+    for r in records(clients=2, per_client=300):
+        query = r.query + " " + "and more detail " * int(rng.integers(0, 180))
+        priced.append(replace(r, query=query, cost=price[r.model] * (len(query) / 4 + 256), client=None))
+    write_eval_log(tmp_path / "priced.jsonl", priced)
+    request = TrainRequest(
+        data=[tmp_path / "priced.jsonl"],
+        out=tmp_path / "r",
+        embedder="static",
+        embedder_dir=embedder_dir,
+        settings=SMALL,
+    )
+    artifact = load_artifact(train_router(request).artifact)
+    assert artifact.settings["cost_model"] == "line"
+    assert "costs from a line in the query's length" in artifact.metrics["verdict"]
+    # The gateway's decisions carry the cost of this prompt, not the model's average.
+    router = build_router("learned", {"artifact": str(tmp_path / "r"), "embedder_dir": str(embedder_dir)})
+    models = [ModelCandidate("big", 10.0, 30.0, False, 4096), ModelCandidate("small", 0.1, 0.3, False, 4096)]
+    costs = []
+    for text in (MATH_PROBE, MATH_PROBE + " and more detail" * 150):
+        body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+        decision = await router.route(RoutingRequest("chat", "auto", body, {}), models)
+        expected = price[decision.model] * (len(text) / 4 + 256)
+        assert decision.details["cost"] == pytest.approx(expected, rel=1e-3)
+        costs.append(decision.details["cost"] / price[decision.model])
+    assert costs[1] > 3 * costs[0]
 
 
 def test_the_cli_trains_and_evaluates(tmp_path: Path, embedder_dir: Path) -> None:
