@@ -278,11 +278,11 @@ class EnsemblePredictor(Predictor):
                 raise ValueError("this router's costs come from its cost line: it needs each query's length")
             line = line_cost(self.line, lengths)
         if self.shrink == 0.0 or not self.components:
-            return np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1)) if line is None else line
-        accuracy, cost = self.components_mean(x)
-        return corrected(acc0, accuracy, self.shrink, 1.0), corrected(
-            cost0, cost, self.shrink
-        ) if line is None else line
+            accuracy, cost = np.tile(acc0, (len(x), 1)), np.tile(cost0, (len(x), 1))
+        else:
+            accuracy, cost = self.components_mean(x)
+            accuracy, cost = corrected(acc0, accuracy, self.shrink, 1.0), corrected(cost0, cost, self.shrink)
+        return accuracy, cost if line is None else line
 
 
 @dataclass(frozen=True)

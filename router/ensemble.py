@@ -357,7 +357,8 @@ def choose_shrink(errors: ShrinkErrors) -> tuple[float, dict[str, Any]]:
         "cost_model": "line" if cost_gain > SIGNIFICANCE * cost_stderr else "components",
         "validation_cost_mse": float(errors.cost_by_shrink[best] / n),
         "validation_cost_mse_line": float(errors.cost_line / n),
-        "cost_line_gain_in_standard_errors": float(cost_gain / max(cost_stderr, 1e-300)),
+        # (finite for the manifest's JSON: a line that is exact where the components are off has no spread)
+        "cost_line_gain_in_standard_errors": float(cost_gain / max(cost_stderr, 1e-12 * abs(cost_gain), 1e-300)),
     }
     if not np.isnan(errors.per_task):
         report["validation_mse_per_task"] = errors.per_task / n
