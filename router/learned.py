@@ -61,22 +61,23 @@ class Loaded:
 
 
 def query_text(body: Mapping[str, Any]) -> str:
-    """What the router embeds: the last user message of a chat (text parts joined), or the prompt."""
+    """What the router routes on: the last user message of a chat (text parts joined), or the prompt. Its
+    end (MAX_QUERY_CHARS) is embedded; its whole length feeds an ensemble's cost line."""
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
                 content = message.get("content")
                 if isinstance(content, str):
-                    return content[-MAX_QUERY_CHARS:]
+                    return content
                 if isinstance(content, list):
                     parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-                    return "\n".join(str(p) for p in parts)[-MAX_QUERY_CHARS:]
+                    return "\n".join(str(p) for p in parts)
         return ""
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
-    return str(prompt or "")[-MAX_QUERY_CHARS:]
+    return str(prompt or "")
 
 
 def _problem(error: Any) -> str:
@@ -160,7 +161,7 @@ class LearnedRouter(Router):
         return self.presets.get(request.requested_model, self.default_lambda)
 
     def score(self, loaded: Loaded, text: str) -> tuple[np.ndarray, np.ndarray]:
-        x = loaded.embedder.encode([text or " "])
+        x = loaded.embedder.encode([text[-MAX_QUERY_CHARS:] or " "])
         accuracy, cost = loaded.predictor.predict(x, query_lengths([text]))
         return accuracy[0], cost[0]
 

@@ -16,6 +16,7 @@ from tests.router.fixtures import tiny_static_embedder
 from thrifty.router import ModelCandidate, RoutingRequest, build_router
 from thrifty.router.artifact import RouterArtifact, load_artifact
 from thrifty.router.eval_log import EvalRecord, read_eval_log, write_eval_log
+from thrifty.router.learned import MAX_QUERY_CHARS
 from thrifty.router.partition import PartitionPlan
 from thrifty.router.training import TrainRequest, train_router
 from thrifty.server.cli import app
@@ -178,13 +179,14 @@ async def test_per_token_prices_give_costs_that_grow_with_the_prompt(tmp_path: P
     router = build_router("learned", {"artifact": str(tmp_path / "r"), "embedder_dir": str(embedder_dir)})
     models = [ModelCandidate("big", 10.0, 30.0, False, 4096), ModelCandidate("small", 0.1, 0.3, False, 4096)]
     costs = []
-    for text in (MATH_PROBE, MATH_PROBE + " and more detail" * 150):
+    # The second prompt is longer than the part the embedder reads (MAX_QUERY_CHARS): costed whole.
+    for text in (MATH_PROBE, MATH_PROBE + " and more detail" * 300):
         body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
         decision = await router.route(RoutingRequest("chat", "auto", body, {}), models)
         expected = price[decision.model] * (len(text) / 4 + 256)
         assert decision.details["cost"] == pytest.approx(expected, rel=1e-3)
         costs.append(decision.details["cost"] / price[decision.model])
-    assert costs[1] > 3 * costs[0]
+    assert len(text) > MAX_QUERY_CHARS and costs[1] > 3 * costs[0]
 
 
 def test_the_cli_trains_and_evaluates(tmp_path: Path, embedder_dir: Path) -> None:
