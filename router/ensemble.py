@@ -52,8 +52,6 @@ DEFAULT_LDA_SHRINKAGE = 0.1  # covariance shrinkage; on LLMRouter validation cro
 TASK_PRIOR_WEIGHT = 2.0  # pseudo-cells pulling a (task, model) mean toward the model's mean
 MIN_SHARED_TASK_QUERIES = 5  # a client shares a task's sums only over at least this many queries
 COST_MODELS = ("components", "line")  # where an ensemble's costs come from (choose_shrink)
-
-
 LENGTH_UNIT = 1000.0  # a query's length enters the cost line in thousands of characters
 MIN_LENGTH_CELLS = 3  # a model's cost line needs this many cells, with lengths that differ
 

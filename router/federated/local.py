@@ -84,8 +84,8 @@ def describe(folder: Path) -> dict[str, Any]:
         models[record.model] = models.get(record.model, 0) + 1
     logs = np.log(np.array([r.cost for r in train]) + 1e-12)
     sums: dict[str, dict[str, float]] = {part: {} for part in MODEL_SUMS}
-    for record in train:
-        length = float(query_lengths([record.query])[0])
+    lengths = query_lengths([r.query for r in train])
+    for record, length in zip(train, lengths.tolist(), strict=True):
         values = (record.score, record.cost, length, length * length, length * record.cost)
         for part, value in zip(MODEL_SUMS, values, strict=True):
             sums[part][record.model] = sums[part].get(record.model, 0.0) + value
