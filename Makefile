@@ -89,11 +89,13 @@ world: install vllm
 world-quick: install vllm
 	$(VENV)/bin/thrifty world build --quick --out $(DATA_DIR)/world-quick --data $(GSM8K_DIR)
 
-# The router benchmark (about 20 minutes on 2 cores): a static embedder is distilled once into data/router.
+# The router benchmark (about 30 minutes on 2 cores for five seeds): a static embedder is distilled once into
+# data/router.
 ROUTER_DATA ?= ../shared/data/routing/llmrouter
+ROUTER_SEEDS ?= 0 1 2 3 4
 router-bench: router-env
 	test -d $(DATA_DIR)/router/static || $(ROUTER_VENV)/bin/thrifty router distill-embedder --out $(DATA_DIR)/router/static
-	$(ROUTER_VENV)/bin/python benchmarks/router/run.py --data $(ROUTER_DATA) --embedder minilm --work $(DATA_DIR)/router-bench
+	$(ROUTER_VENV)/bin/python benchmarks/router/run.py --data $(ROUTER_DATA) --embedder minilm --seeds $(ROUTER_SEEDS) --work $(DATA_DIR)/router-bench
 	$(ROUTER_VENV)/bin/python benchmarks/router/latency.py --static $(DATA_DIR)/router/static
 
 # The expert cache against C for every policy: routing recorded from the world's MoE solver (make world

@@ -13,7 +13,7 @@ margin (2.326 standard errors of the per-cell gains). When none does, s = 0 and 
 constant router. s may exceed 1: every component is itself a shrunk estimate (K-means cells pulled toward
 the model means, the MLP stopped early, the LDA's covariance shrunk), and averaging components where they
 disagree shrinks once more, so the validation cells often ask for the correction undone a little (on the
-LLMRouter logs they chose 1.1–1.3). Predictions are clipped to accuracy in [0, 1] and cost ≥ 0.
+LLMRouter logs they chose 1.1–1.4). Predictions are clipped to accuracy in [0, 1] and cost ≥ 0.
 
 Cost has a second candidate: per model, a straight line in the query's length (cost = a + b · characters,
 least squares over the training cells; per-token pricing makes a request's cost grow with its prompt). The
