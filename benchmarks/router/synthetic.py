@@ -40,6 +40,7 @@ def main() -> None:
     table, _ = load_outcomes([args.data])
     x = Vectors(load_embedder("minilm"), table, args.cache)(table).astype(np.float64)
     topic = assign(x, kmeans(x, TOPICS, 0)[0])
+    sizes = np.bincount(topic, minlength=TOPICS)
     clusters = sorted(set(table.tasks))
     if len(clusters) < TOPICS:
         raise SystemExit(f"{args.data} has {len(clusters)} task labels; the rates need {TOPICS}")
@@ -47,7 +48,7 @@ def main() -> None:
     rates = np.stack([table.scores[labels == c].mean(0) for c in clusters[:TOPICS]])
     # The largest topic gets the easiest cluster's rates and the smallest the hardest's, so that most queries
     # have several models that usually answer them, as on a benchmark where the constant router scores > 0.8.
-    order = np.argsort(-np.bincount(topic, minlength=TOPICS))
+    order = np.argsort(-sizes)
     by_topic = np.empty_like(rates)
     by_topic[order] = rates[np.argsort(-rates.mean(1))]
     by_topic = np.clip(0.35 + 0.6 * by_topic, 0.0, 0.98)
@@ -57,7 +58,7 @@ def main() -> None:
     log = OutcomeTable(table.queries, table.models, scores, table.costs, tasks, table.clients)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = write_eval_log(args.out, log.to_records())
-    print(f"{written} records, {len(table)} queries; topics of {np.bincount(topic, minlength=TOPICS).tolist()} queries")
+    print(f"{written} records, {len(table)} queries; topics of {sizes.tolist()} queries")
     for t in range(TOPICS):
         print(f"topic-{t} rates: " + " ".join(f"{r:.2f}" for r in by_topic[t]))
 
